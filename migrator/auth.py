@@ -1,0 +1,237 @@
+"""The auth file: credentials and transport settings per registry or registry/namespace.
+
+The format is image-syncer's / image-migrator's `auth.json` (or YAML), extended with
+`tls_verify`, `ca_file` and `${NAME}` / `$NAME` environment references. `docs/rules.md`
+describes it for users. Like the images file it is validated completely before any work starts,
+and no problem text ever carries a password.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from migrator.errors import ConfigError
+from migrator.reference import (
+    DOCKER_HUB,
+    DOCKER_HUB_ALIASES,
+    ReferenceError,
+    check_registry,
+    check_repository,
+)
+from migrator.rules import (
+    SCHEME,
+    describe_type,
+    duplicate_keys,
+    duplicate_problem,
+    load_document,
+    quote,
+)
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_SECRET_FIELDS = ("username", "password")  # the fields that may name an environment variable
+
+
+class RegistryAuth(BaseModel):
+    """Credentials and transport settings for one registry (or one namespace of it)."""
+
+    # strict: `"insecure": "false"` must be an error, not True. hide_input_in_errors: a
+    # ValidationError printed anywhere must not show a password.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, hide_input_in_errors=True)
+
+    username: str | None = None
+    password: SecretStr | None = None
+    # Plain HTTP is allowed; like the peers, an unverifiable TLS certificate is then accepted
+    # too, unless `tls_verify` or `ca_file` says otherwise.
+    insecure: bool = False
+    tls_verify: bool | None = None  # explicit override of certificate verification
+    ca_file: str | None = None  # CA bundle to verify this registry's certificate
+
+    @property
+    def allow_plain_http(self) -> bool:
+        return self.insecure
+
+    @property
+    def verify(self) -> bool | str:
+        """The value for requests' `verify=`: False, True, or the CA bundle path."""
+        if self.tls_verify is False:
+            return False
+        # A CA bundle given explicitly asks for verification, even on an `insecure` registry.
+        if self.tls_verify is None and self.insecure and self.ca_file is None:
+            return False
+        return self.ca_file or True
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.username and not (self.password and self.password.get_secret_value())
+
+
+def _normalize_registry(registry: str) -> str:
+    # Host names are case-insensitive; Docker Hub has several names.
+    registry = registry.lower()
+    return DOCKER_HUB if registry in DOCKER_HUB_ALIASES else registry
+
+
+@dataclass(frozen=True)
+class AuthFile:
+    """The validated auth file. `entries` keys are normalised: `registry[/namespace...]`."""
+
+    path: str
+    entries: dict[str, RegistryAuth] = field(default_factory=dict)
+
+    def lookup(self, registry: str, repository: str) -> RegistryAuth:
+        """The entry with the longest key that is a path prefix of registry/repository.
+
+        `quay.io/coreos` beats `quay.io` for `quay.io/coreos/etcd`, but never matches
+        `quay.io/coreos-extra/etcd` (whole components only). No entry → anonymous.
+        """
+        parts = [_normalize_registry(registry), *[p for p in repository.split("/") if p]]
+        for length in range(len(parts), 0, -1):
+            entry = self.entries.get("/".join(parts[:length]))
+            if entry is not None:
+                return entry
+        return RegistryAuth()
+
+
+def _normalize_key(key: str) -> str:
+    """`registry[:port][/namespace/...]`, checked with the reference grammar."""
+    if SCHEME.match(key):
+        raise ReferenceError("write the registry without a scheme such as https://")
+    parts = key.split("/")
+    if any(not part for part in parts):
+        raise ReferenceError("expected registry or registry/namespace, without empty components")
+    registry = _normalize_registry(check_registry(parts[0]))
+    if len(parts) > 1:
+        check_repository("/".join(parts[1:]))
+    return "/".join([registry, *parts[1:]])
+
+
+def _field_problem(where: str, error: dict) -> str:
+    name = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        message = f"{where}: unknown key {quote(name)}"
+        if name == "identityToken":
+            return message + ": identity tokens are not supported, use username and password"
+        close = difflib.get_close_matches(name, list(RegistryAuth.model_fields), n=1)
+        return message + (f": did you mean {close[0]!r}?" if close else "")
+    if error["type"] == "string_type":
+        return f"{where}: {name}: must be a string (quote it)"
+    if error["type"] == "bool_type":
+        return f"{where}: {name}: must be true or false"
+    return f"{where}: {name}: {error['msg']}"  # pydantic's text; inputs are hidden
+
+
+def _parse_entry(
+    where: str,
+    value: Mapping,
+    *,
+    environ: Mapping[str, str],
+    base_dir: str,
+    problems: list[str],
+) -> RegistryAuth | None:
+    fields: dict[str, object] = {}
+    ok = True
+    for name, item in value.items():
+        if not isinstance(name, str):
+            problems.append(f"{where}: unknown key {quote(name)}")
+            ok = False
+            continue
+        if name in _SECRET_FIELDS and isinstance(item, str):
+            match = _ENV_REFERENCE.fullmatch(item)
+            if match:
+                variable = match.group(1) or match.group(2)
+                item = environ.get(variable)
+                if item is None:
+                    problems.append(f"{where}: {name}: environment variable {variable} is not set")
+                    ok = False
+                    continue
+                if not item:
+                    # CI systems expand a missing secret to "": an empty variable is a mistake.
+                    problems.append(f"{where}: {name}: environment variable {variable} is empty")
+                    ok = False
+                    continue
+            elif not item:
+                item = None  # image-syncer's files write "" for anonymous access
+        fields[name] = item
+    try:
+        auth = RegistryAuth.model_validate(fields)
+    except ValidationError as exc:
+        problems.extend(_field_problem(where, error) for error in exc.errors())
+        return None
+    if auth.password is not None and not auth.username:
+        problems.append(f"{where}: password is set but username is not")
+        ok = False
+    if auth.ca_file is not None:
+        # Relative to the auth file, so the result does not depend on the working directory.
+        ca_file = os.path.join(base_dir, os.path.expanduser(auth.ca_file))
+        if not os.path.isfile(ca_file):
+            problems.append(f"{where}: ca_file: file not found: {auth.ca_file}")
+            ok = False
+        auth = auth.model_copy(update={"ca_file": ca_file})
+    return auth if ok else None
+
+
+def load_auth(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str], required: bool
+) -> AuthFile:
+    """Read and validate an auth file (JSON or YAML); raise one ConfigError with every problem.
+
+    `required`: the user named the file, so a missing file is an error; otherwise a missing
+    file (or `path=None`) means anonymous access everywhere.
+    """
+    if path is None:
+        return AuthFile("")
+    name = os.fspath(path)
+    document = load_document(name, required=required, raw_text_keys=frozenset(_SECRET_FIELDS))
+    if document.problems:
+        raise ConfigError(document.problems)
+    if not document.found or document.data is None:
+        return AuthFile(name)
+    data = document.data
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{name}: the top level must be a mapping of registry to credentials, "
+            f"not {describe_type(data)}"
+        )
+    problems = [duplicate_problem(name, key, line) for key, line in duplicate_keys(data)]
+    base_dir = os.path.dirname(os.path.abspath(name))
+    entries: dict[str, RegistryAuth] = {}
+    written_as: dict[str, str] = {}
+    for key, value in data.items():
+        where = f"{name}: {quote(key)}"
+        if not isinstance(key, str):
+            problems.append(f"{where}: a key must be a string, not {describe_type(key)}")
+            continue
+        normalized = None
+        try:
+            normalized = _normalize_key(key)
+        except ReferenceError as exc:
+            problems.append(f"{where}: invalid key: {exc}")
+        if normalized is not None:
+            if normalized in written_as:
+                problems.append(f"{where}: same registry as {quote(written_as[normalized])}")
+                normalized = None
+            else:
+                written_as[normalized] = key
+        if value is None:
+            value = {}  # YAML `quay.io/coreos:` with nothing after it: anonymous
+        if not isinstance(value, Mapping):
+            problems.append(
+                f"{where}: must be a mapping of username, password, insecure, tls_verify, "
+                f"ca_file, not {describe_type(value)}"
+            )
+            continue
+        problems.extend(
+            duplicate_problem(where, inner, line) for inner, line in duplicate_keys(value)
+        )
+        auth = _parse_entry(where, value, environ=environ, base_dir=base_dir, problems=problems)
+        if auth is not None and normalized is not None:
+            entries[normalized] = auth
+    if problems:
+        raise ConfigError(problems)
+    return AuthFile(name, entries)

@@ -1,0 +1,169 @@
+"""The `migrator` command. Flags and output follow image-syncer / image-migrator.
+
+`main(argv, environ)` takes its environment as arguments so tests can run it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from migrator import __version__
+from migrator.auth import AuthFile, load_auth
+from migrator.errors import ConfigError
+from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
+from migrator.rules import Rule, load_rules, resolve_defaults
+from migrator.settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run ended, some images or rules failed
+EXIT_BAD_INPUT = 2  # nothing ran: flags, rules or auth file are wrong
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("migrator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migrator",
+        description="Copy container images between registries (image-syncer compatible).",
+    )
+    parser.add_argument("--version", action="version", version=f"migrator {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sync = commands.add_parser(
+        "sync", help="copy every image the rules name, in this process",
+        description="Copy every image named by the rules file, in this process.")
+    add_input_flags(sync)
+    sync.add_argument("-w", "--workers", "--proc", type=positive_int, default=7, metavar="N",
+                      help="images copied at once (default 7; --proc is image-syncer's name)")
+    sync.add_argument("--log", metavar="FILE", help="write the log to FILE (default: stderr)")
+    sync.add_argument("--state", metavar="DIR",
+                      help="directory of the digest record that makes re-runs cheap "
+                           "(default: $MIGRATOR_STATE_DIR or ./.migrator)")
+    sync.add_argument("--no-state", action="store_true",
+                      help="keep no digest record between runs")
+    sync.add_argument("--debug", action="store_true", help="log every request")
+    return parser
+
+
+def add_input_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that name and complete the input files, shared by every command that reads them."""
+    parser.add_argument("--auth", metavar="FILE",
+                        help="credentials per registry, JSON or YAML (default ./auth.json)")
+    parser.add_argument("--images", metavar="FILE", default="images.json",
+                        help="sync rules, JSON or YAML (default ./images.json)")
+    parser.add_argument("--registry", metavar="HOST",
+                        help="default target registry for empty targets ($DEFAULT_REGISTRY)")
+    parser.add_argument("--namespace", metavar="NS",
+                        help="default target namespace for empty targets ($DEFAULT_NAMESPACE)")
+    parser.add_argument("-r", "--retries", type=non_negative_int, default=3, metavar="N",
+                        help="times a failed task is retried after the pass (default 3)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def load_inputs(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[AuthFile, list[Rule]]:
+    """Read and validate both files completely; every problem of both in one ConfigError."""
+    problems: list[str] = []
+    auth: AuthFile | None = None
+    rules: list[Rule] = []
+    try:
+        auth = load_auth(args.auth or "auth.json", environ=environ, required=bool(args.auth))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    registry, namespace = resolve_defaults(args.registry, args.namespace, environ)
+    try:
+        rules = load_rules(args.images, default_registry=registry, default_namespace=namespace)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    assert auth is not None
+    return auth, rules
+
+
+def setup_logging(log_file: str | None, debug: bool) -> None:
+    handler: logging.Handler
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
+    if args.no_state:
+        return MemoryLedger()
+    state_dir = Path(args.state) if args.state else settings.state_dir
+    return SQLiteLedger(state_dir / "ledger.sqlite")
+
+
+def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from migrator.progress import ConsoleReporter
+    from migrator.runner import EmbeddedRunner
+
+    auth, rules = load_inputs(args, environ)
+    settings = Settings()
+    setup_logging(args.log, args.debug)
+    try:
+        ledger = open_ledger(args, settings)
+    except OSError as exc:
+        raise ConfigError(f"--state: cannot open the digest record: {exc}") from None
+    reporter = ConsoleReporter(sys.stdout)
+    runner = EmbeddedRunner(auth=auth, ledger=ledger, settings=settings, reporter=reporter,
+                            workers=args.workers, retries=args.retries)
+    try:
+        summary = runner.run(rules)
+    finally:
+        reporter.close()
+    for job, reason in summary.failed.items():
+        print(f"failed: {job}: {reason}", file=sys.stderr)
+    for rule, reason in summary.generate_failed.items():
+        print(f"generate failed: {rule.origin}: {reason}", file=sys.stderr)
+    print(summary.line(), flush=True)
+    log.info(summary.line())
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+COMMANDS = {"sync": run_sync}
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        return COMMANDS[args.command](args, environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("nothing was copied: fix the input above and run again", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""`copy_image()`: the order of one image copy. Every executor (the embedded `migrator sync`,
+the Celery workers) calls this one code path; only the ledger and the thread pools differ.
+
+The order, and why:
+1. HEAD the source tag: its digest tells whether anything changed (one request when nothing did).
+2. HEAD the target tag (unless the ledger vouches for it and the settings allow trusting it):
+   equal digests mean there is nothing to do.
+3. GET the source manifest by digest (the bytes must hash to it).
+4. For an index, each child manifest in turn: its blobs, then the child itself, by digest.
+5. The blobs of an image, several at once: skipped when the ledger or a HEAD says the target
+   repository has them, mounted from another repository of the target registry when the ledger
+   knows one, else streamed GET → PUT with the digest checked on the way.
+6. The manifest last, as the raw bytes with their media type: a target tag never points at a
+   manifest whose blobs are missing, and digests are preserved.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Literal
+
+from migrator.auth import AuthFile
+from migrator.errors import BlobUnknownOnPush, DigestMismatch, RegistryError
+from migrator.ledger import Ledger, ManifestRecord
+from migrator.registry.client import RegistryClient, retrying
+from migrator.registry.manifest import Descriptor, Manifest
+from migrator.registry.stream import VerifyingReader
+from migrator.rules import Job
+from migrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_INDEX_DEPTH = 2
+ByteCounter = Callable[[int], None]
+
+
+class Clients:
+    """One `RegistryClient` per registry and credential, shared by every copy of a process."""
+
+    def __init__(self, auth: AuthFile, settings: Settings) -> None:
+        self.auth = auth
+        self.settings = settings
+        self._clients: dict[tuple[str, object], RegistryClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, registry: str, repository: str) -> RegistryClient:
+        credentials = self.auth.lookup(registry, repository)
+        key = (registry, credentials)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = RegistryClient(registry, credentials, self.settings)
+            return client
+
+
+@dataclass
+class CopyResult:
+    job: Job
+    outcome: Literal["copied", "up-to-date"] = "copied"
+    source_digest: str = ""
+    target_digest: str = ""
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    bytes_copied: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, kind: Literal["copied", "mounted", "skipped"], size: int = 0) -> None:
+        with self._lock:
+            setattr(self, f"blobs_{kind}", getattr(self, f"blobs_{kind}") + 1)
+            self.bytes_copied += size if kind == "copied" else 0
+
+
+def copy_image(
+    job: Job,
+    *,
+    clients: Clients,
+    ledger: Ledger,
+    settings: Settings,
+    blob_pool: Executor | None = None,
+    on_bytes: ByteCounter | None = None,
+) -> CopyResult:
+    """Copy one image (a tag or a digest, single- or multi-platform) from source to target."""
+    return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes).run()
+
+
+def target_key(job: Job, source_digest: str) -> str:
+    """The ledger's name of a target manifest: the tag, or the digest when pushed by digest."""
+    if job.target.tag:
+        return str(job.target.with_tag(job.target.tag))
+    return f"{job.target.name}@{source_digest}"
+
+
+class _ImageCopy:
+    def __init__(
+        self,
+        job: Job,
+        clients: Clients,
+        ledger: Ledger,
+        settings: Settings,
+        blob_pool: Executor | None,
+        on_bytes: ByteCounter | None,
+    ) -> None:
+        self.job = job
+        self.src = clients.get(job.source.registry, job.source.repository)
+        self.dst = clients.get(job.target.registry, job.target.repository)
+        self.src_repo = job.source.repository
+        self.dst_repo = job.target.repository
+        self.ledger = ledger
+        self.settings = settings
+        self.blob_pool = blob_pool
+        self.on_bytes = on_bytes
+        self.result = CopyResult(job)
+
+    def run(self) -> CopyResult:
+        job = self.job
+        if job.source.digest:
+            source_digest = job.source.digest
+        else:
+            head = self.src.head_manifest(self.src_repo, job.source.manifest_ref)
+            if head is None:
+                raise RegistryError(f"{job.source} not found at the source")
+            source_digest = head[0]
+        self.result.source_digest = source_digest
+        target_ref = job.target.tag or source_digest
+        key = target_key(job, source_digest)
+
+        record = self.ledger.manifest(key)
+        vouched = record is not None and record.source_digest == source_digest
+        if vouched and not self.settings.verify_target_on_ledger_hit:
+            return self._up_to_date(record.target_digest)  # type: ignore[union-attr]
+        head = self.dst.head_manifest(self.dst_repo, target_ref)
+        expected = {source_digest} | ({record.target_digest} if vouched and record else set())
+        if head is not None and head[0] in expected:
+            self.ledger.record_manifest(key, ManifestRecord(source_digest, head[0]))
+            return self._up_to_date(head[0])
+
+        manifest = self.src.get_manifest(self.src_repo, source_digest)
+        self._copy_manifest_content(manifest, depth=0)
+        target_digest = self._put(manifest, target_ref)
+        if target_digest != source_digest:
+            raise DigestMismatch(f"target manifest {job.target}", expected=source_digest,
+                                 got=target_digest)
+        self.ledger.record_manifest(key, ManifestRecord(source_digest, target_digest))
+        self.result.target_digest = target_digest
+        log.info("copied %s (%d blobs copied, %d mounted, %d present, %d bytes)", job,
+                 self.result.blobs_copied, self.result.blobs_mounted, self.result.blobs_skipped,
+                 self.result.bytes_copied)
+        return self.result
+
+    def _up_to_date(self, target_digest: str) -> CopyResult:
+        self.result.outcome = "up-to-date"
+        self.result.target_digest = target_digest
+        log.info("up to date %s", self.job)
+        return self.result
+
+    def _copy_manifest_content(self, manifest: Manifest, depth: int) -> None:
+        """Everything a manifest references, so that it can be PUT next."""
+        if not manifest.is_index:
+            self._copy_blobs(manifest.blobs)
+            return
+        if depth >= MAX_INDEX_DEPTH:
+            raise RegistryError(f"{self.job.source}: indexes nested deeper than {depth} levels")
+        for child in manifest.children:
+            if child.digest == manifest.digest:
+                raise RegistryError(f"{self.job.source}: an index that lists itself")
+            if self.dst.head_manifest(self.dst_repo, child.digest) is not None:
+                continue
+            child_manifest = self.src.get_manifest(self.src_repo, child.digest)
+            self._copy_manifest_content(child_manifest, depth + 1)
+            self._put(child_manifest, child.digest)
+
+    def _put(self, manifest: Manifest, reference: str) -> str:
+        try:
+            return self.dst.put_manifest(self.dst_repo, reference, manifest)
+        except BlobUnknownOnPush:
+            if manifest.is_index:
+                raise
+            # The ledger said the target had blobs it has not (invariant 1): forget, copy again.
+            log.warning("%s: target lacks blobs the ledger listed; copying them again", self.job)
+            self.ledger.forget_blobs(self.dst.registry, self.dst_repo,
+                                     [blob.digest for blob in manifest.blobs])
+            self._copy_blobs(manifest.blobs)
+            return self.dst.put_manifest(self.dst_repo, reference, manifest)
+
+    def _copy_blobs(self, blobs: tuple[Descriptor, ...]) -> None:
+        unique = list({blob.digest: blob for blob in blobs}.values())
+        if self.blob_pool is None or len(unique) == 1:
+            for blob in unique:
+                self._copy_blob(blob)
+            return
+        futures: list[Future[None]] = [
+            self.blob_pool.submit(self._copy_blob, blob) for blob in unique]
+        errors = [future.exception() for future in futures]  # waits for every blob
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _copy_blob(self, blob: Descriptor) -> None:
+        registry, digest = self.dst.registry, blob.digest
+        if self.dst_repo in self.ledger.blob_repositories(registry, digest):
+            self.result.count("skipped")
+            return
+        # Single flight: if another copy is moving this blob into this registry, wait for it and
+        # then mount or skip instead of uploading the same bytes twice.
+        with self.ledger.blob_lock(registry, digest):
+            holders = self.ledger.blob_repositories(registry, digest)
+            if self.dst_repo in holders:
+                self.result.count("skipped")
+                return
+            sources = sorted(holders - {self.dst_repo})
+            if self.src.registry == registry and self.src_repo != self.dst_repo:
+                sources.insert(0, self.src_repo)
+            upload_url = None
+            if sources:
+                upload_url = self.dst.mount_blob(self.dst_repo, digest, sources[0])
+                if upload_url is None:
+                    self.ledger.add_blob(registry, digest, self.dst_repo)
+                    self.result.count("mounted")
+                    return
+            elif self.dst.blob_exists(self.dst_repo, digest):
+                self.ledger.add_blob(registry, digest, self.dst_repo)
+                self.result.count("skipped")
+                return
+            self._upload(blob, upload_url)
+            self.ledger.add_blob(registry, digest, self.dst_repo)
+            self.result.count("copied", blob.size)
+
+    def _upload(self, blob: Descriptor, upload_url: str | None) -> None:
+        """Stream one blob source → target; a fresh upload session on every try."""
+        for attempt in retrying(self.settings, self.settings.blob_attempts):
+            with attempt:
+                url = upload_url or self.dst.start_upload(self.dst_repo)
+                upload_url = None
+                response = self.src.open_blob(self.src_repo, blob.digest)
+                try:
+                    size = blob.size
+                    declared = response.headers.get("Content-Length")
+                    if size < 0 and declared and declared.isdigit():
+                        size = int(declared)
+                    if declared and declared.isdigit() and int(declared) != size:
+                        raise DigestMismatch(f"blob {blob.digest} size", expected=str(size),
+                                             got=declared)
+                    if size < 0:
+                        raise RegistryError(f"blob {blob.digest} has no known size")
+                    reader = VerifyingReader(response, blob.digest, size, self.on_bytes)
+                    self.dst.finish_upload(self.dst_repo, url, blob.digest, reader)
+                except BaseException:
+                    self.dst.cancel_upload(self.dst_repo, url)
+                    raise
+                finally:
+                    response.close()

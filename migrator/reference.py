@@ -1,0 +1,178 @@
+"""The grammar of image references: parse, normalise, print. Knows nothing about HTTP.
+
+Two readings of a reference exist:
+
+* `parse()` reads references as written in rule files (image-syncer's convention): the first
+  path component is always the registry, so `registry/namespace/repository[:tag][@digest]`.
+* `normalize()` reads them as `docker pull` does: `nginx` is `docker.io/library/nginx:latest`
+  and the first component is a registry only if it looks like a host.
+
+The grammar follows the distribution reference grammar: lowercase path components separated by
+`.`, `_`, `__` or dashes; tags of at most 128 word characters, dots and dashes; digests as
+`algorithm:hex`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from migrator.errors import ConfigError
+
+PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+_HOST_LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+HOST = re.compile(
+    rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
+)
+MAX_NAME_LENGTH = 255
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+
+
+class ReferenceError(ConfigError):
+    """A reference that does not follow the grammar."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """`registry/repository[:tag][@digest]`; the repository may have any depth."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """`registry/repository`, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def manifest_ref(self) -> str:
+        """What goes after `/manifests/` in a URL: the digest when pinned, else the tag."""
+        if self.digest:
+            return self.digest
+        if self.tag:
+            return self.tag
+        raise ValueError(f"{self} names neither a tag nor a digest")
+
+    def with_tag(self, tag: str | None) -> Reference:
+        return replace(self, tag=tag, digest=None)
+
+    def with_digest(self, digest: str | None) -> Reference:
+        return replace(self, digest=digest)
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def split(text: str) -> tuple[str, str | None, str | None]:
+    """Split `name[:tagpart][@digest]` without judging the tag part (rules give it meaning).
+
+    The tag part is everything after the last `:` that follows the last `/`, so a registry port
+    (`host:5000/ns/repo`) is never mistaken for a tag.
+    """
+    digest = None
+    if "@" in text:
+        text, digest = text.rsplit("@", 1)
+    tagpart = None
+    slash = text.rfind("/")
+    colon = text.rfind(":")
+    if colon > slash:
+        text, tagpart = text[:colon], text[colon + 1 :]
+    return text, tagpart, digest
+
+
+def check_registry(registry: str, *, what: str = "registry") -> str:
+    if not registry or not HOST.fullmatch(registry):
+        raise ReferenceError(
+            f"invalid {what} {registry!r}: expected a host name with optional port")
+    if registry in DOCKER_HUB_ALIASES:
+        return DOCKER_HUB
+    return registry
+
+
+def check_repository(repository: str) -> str:
+    components = repository.split("/")
+    for component in components:
+        if not PATH_COMPONENT.fullmatch(component):
+            raise ReferenceError(
+                f"invalid repository path component {component!r} in {repository!r}: "
+                "use lowercase letters, digits and single separators (. _ __ -)"
+            )
+    if len(repository) > MAX_NAME_LENGTH:
+        raise ReferenceError(f"repository name longer than {MAX_NAME_LENGTH} characters")
+    return repository
+
+
+def check_tag(tag: str) -> str:
+    if not TAG.fullmatch(tag):
+        raise ReferenceError(
+            f"invalid tag {tag!r}: at most 128 letters, digits, '_', '.' and '-', "
+            "not starting with '.' or '-'"
+        )
+    return tag
+
+
+def check_digest(digest: str) -> str:
+    if not DIGEST.fullmatch(digest):
+        raise ReferenceError(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>")
+    return digest
+
+
+def split_name(name: str, *, min_depth: int = 3) -> tuple[str, str]:
+    """`registry/ns/repo` → (`registry`, `ns/repo`), the first component always the registry."""
+    if any(ch.isspace() for ch in name):
+        raise ReferenceError(f"{name!r} contains white space")
+    parts = name.split("/")
+    if len(parts) < min_depth or any(part == "" for part in parts):
+        raise ReferenceError(
+            f"{name!r} must contain at least registry/namespace/repository"
+        )
+    return check_registry(parts[0]), check_repository("/".join(parts[1:]))
+
+
+def parse(text: str) -> Reference:
+    """Parse a rule-file reference with at most one tag: `registry/ns/repo[:tag][@digest]`."""
+    name, tag, digest = split(text.strip())
+    registry, repository = split_name(name)
+    return Reference(
+        registry,
+        repository,
+        check_tag(tag) if tag is not None else None,
+        check_digest(digest) if digest is not None else None,
+    )
+
+
+def normalize(text: str) -> Reference:
+    """Read a reference as `docker pull` does and make every part explicit.
+
+    `nginx` → `docker.io/library/nginx:latest`; `quay.io/x/y` → `quay.io/x/y:latest`; an image
+    pinned by digest stays pinned (and gets no default tag).
+    """
+    name, tag, digest = split(text.strip())
+    first, _, rest = name.partition("/")
+    looks_like_host = rest and ("." in first or ":" in first or first == "localhost")
+    if looks_like_host:
+        registry, repository = check_registry(first), rest
+    else:
+        registry, repository = DOCKER_HUB, name
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"
+    check_repository(repository)
+    if tag is None and digest is None:
+        tag = "latest"
+    return Reference(
+        registry,
+        repository,
+        check_tag(tag) if tag is not None else None,
+        check_digest(digest) if digest is not None else None,
+    )

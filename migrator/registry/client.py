@@ -1,0 +1,405 @@
+"""The Docker Registry HTTP API v2 / OCI Distribution client, written on `requests`.
+
+Why our own: the Python registry libraries either buffer blobs in memory or on disk, hide the
+upload protocol (no cross-repository mount, no control over Content-Length framing), or retry
+blindly. A copy tool needs exactly those controls, and the protocol is small.
+
+One `RegistryClient` per registry and credential: one keep-alive pool shared by all threads,
+one `/v2/` ping per process, tokens cached per scope.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity.wait import wait_base
+
+from migrator.auth import RegistryAuth
+from migrator.errors import (
+    AuthError,
+    BlobUnknownOnPush,
+    MigratorError,
+    RegistryError,
+    RetryableError,
+    RetryableStatus,
+    TransportError,
+)
+from migrator.registry.auth import Authenticator, repository_scope
+from migrator.registry.manifest import ACCEPT, Manifest, parse_manifest
+from migrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Docker Hub's references say docker.io; its API lives elsewhere.
+API_HOSTS = {"docker.io": "registry-1.docker.io"}
+USER_AGENT = "migrator/0.1"
+
+
+def redact(url: str) -> str:
+    """A URL fit for messages: no userinfo, no query (upload state, signed redirect URLs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either delay-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class wait_retry_after(wait_base):
+    """Exponential backoff with jitter, replaced by the server's Retry-After when it sent one."""
+
+    def __init__(self, initial: float, maximum: float, retry_after_max: float) -> None:
+        self.exponential = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self.retry_after_max = retry_after_max
+
+    def __call__(self, retry_state) -> float:  # type: ignore[no-untyped-def]
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, RetryableStatus) and exc.retry_after is not None:
+            return min(exc.retry_after, self.retry_after_max)
+        return self.exponential(retry_state)
+
+
+def retrying(settings: Settings, attempts: int) -> Retrying:
+    """Retry only the retryable branch of the error tree, with backoff."""
+    return Retrying(
+        retry=retry_if_exception_type(RetryableError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_retry_after(settings.backoff_initial, settings.backoff_max,
+                              settings.retry_after_max),
+        before_sleep=lambda state: log.debug(
+            "retrying after %s (attempt %d)", state.outcome.exception(), state.attempt_number),
+        reraise=True,
+    )
+
+
+def _oci_error(response: requests.Response) -> tuple[str, str]:
+    """The first OCI error code and message of a response body, if any."""
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        return str(first.get("code", "")), str(first.get("message", ""))[:300]
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return "", ""
+
+
+class RegistryClient:
+    """Speaks the v2 API to one registry with one set of credentials. Thread safe."""
+
+    def __init__(self, registry: str, credentials: RegistryAuth, settings: Settings) -> None:
+        self.registry = registry
+        self.api_host = API_HOSTS.get(registry, registry)
+        self.credentials = credentials
+        self.settings = settings
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.pool_connections,
+                              max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        verify = credentials.verify
+        if verify is True and settings.ca_bundle:
+            verify = settings.ca_bundle
+        self.verify = verify
+        self.timeout = (settings.connect_timeout, settings.read_timeout)
+        self.auth = Authenticator(registry, credentials, self.session, verify=verify,
+                                  timeout=self.timeout)
+        self.base_url: str | None = None
+        self._ping_lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Find the scheme and the auth method once; every later call reuses them."""
+        if self.base_url:
+            return
+        with self._ping_lock:
+            if self.base_url:
+                return
+            # Like the peers, an `insecure` registry is tried over TLS first, then plain HTTP.
+            schemes = ["https", "http"] if self.credentials.allow_plain_http else ["https"]
+            for scheme in schemes:
+                url = f"{scheme}://{self.api_host}/v2/"
+                try:
+                    for attempt in retrying(self.settings, self._ping_attempts(scheme, schemes)):
+                        with attempt:
+                            response = self._send("GET", url, scopes=(), expect=(200, 401),
+                                                  learn_on_401=False)
+                except (TransportError, RegistryError) as exc:
+                    if scheme != schemes[-1]:
+                        log.debug("%s: %s failed (%s), trying %s", self.registry, scheme, exc,
+                                  schemes[-1])
+                        continue
+                    raise
+                if response.status_code == 401:
+                    self.auth.learn(response, ())
+                response.close()
+                self.base_url = f"{scheme}://{self.api_host}"
+                return
+
+    def _ping_attempts(self, scheme: str, schemes: list[str]) -> int:
+        # An https probe that plain HTTP may replace gets one try: a refusal there is normal.
+        return 1 if scheme != schemes[-1] else self.settings.http_attempts
+
+    def url(self, path: str) -> str:
+        self.ping()
+        return f"{self.base_url}{path}"
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: tuple[str, ...],
+        expect: Iterable[int] = (200,),
+        headers: dict[str, str] | None = None,
+        data: object = None,
+        stream: bool = False,
+        allow_redirects: bool = True,
+        learn_on_401: bool = True,
+    ) -> requests.Response:
+        """One request (plus one re-authentication); maps every failure into our errors."""
+        expect = tuple(expect)
+        replayable = data is None or isinstance(data, bytes)
+        authenticated_again = False
+        while True:
+            request_headers = dict(headers or {})
+            # Credentials go to the registry's own host only, never to a session URL elsewhere.
+            authorization = self.auth.header(scopes) if self._own_host(url) else None
+            if authorization:
+                request_headers["Authorization"] = authorization
+            try:
+                response = self.session.request(
+                    method, url, headers=request_headers, data=data, stream=stream,
+                    timeout=self.timeout, verify=self.verify, allow_redirects=allow_redirects,
+                )
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(
+                    f"{self.registry}: TLS failed ({_short(exc)}); give the registry's CA in "
+                    "the auth file (ca_file) or, if you accept the risk, set insecure: true",
+                    method=method, url=redact(url),
+                ) from None
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                raise TransportError(
+                    f"{method} {redact(url)}: {type(exc).__name__}: {_short(exc)}"
+                ) from None
+            if (response.status_code == 401 and learn_on_401 and not authenticated_again
+                    and replayable and self.auth.learn(response, scopes)):
+                authenticated_again = True
+                response.close()
+                continue
+            if response.status_code in expect:
+                return response
+            raise self._error(method, url, response, scopes)
+
+    def _own_host(self, url: str) -> bool:
+        return urlsplit(url).netloc == self.api_host
+
+    def request(self, method: str, path_or_url: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
+        """`_send` with transient faults retried (only for requests whose body can be replayed)."""
+        url = path_or_url if "://" in path_or_url else self.url(path_or_url)
+        for attempt in retrying(self.settings, self.settings.http_attempts):
+            with attempt:
+                return self._send(method, url, **kwargs)
+        raise AssertionError("unreachable")
+
+    def _error(
+        self, method: str, url: str, response: requests.Response, scopes: tuple[str, ...]
+    ) -> MigratorError:
+        status = response.status_code
+        code, detail = _oci_error(response)
+        response.close()
+        where = dict(method=method, url=redact(url), status=status, code=code, detail=detail)
+        path = urlsplit(url).path
+        repository = _repository_of(path)
+        pushing = any(scope.endswith("push") for scope in scopes)
+        if status in RETRYABLE_STATUSES:
+            return RetryableStatus(
+                f"{self.registry}: transient failure",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")), **where)
+        if status == 401:
+            who = (f"user {self.credentials.username!r}" if self.credentials.username
+                   else "anonymous access")
+            return AuthError(
+                f"{self.registry}: authentication failed for {who} on {repository!r} "
+                f"({method} {redact(url)}, HTTP 401 {code}); check the auth file")
+        if status == 403 or code == "DENIED":
+            if pushing:
+                namespace = repository.rsplit("/", 1)[0] if "/" in repository else repository
+                message = (f"denied on target namespace {namespace!r} of {self.registry}: does "
+                           "it exist and may this account push to it?")
+            else:
+                message = f"{self.registry}: access to {repository!r} denied"
+            return RegistryError(message, **where)
+        if code in ("BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN") and "/manifests/" in path:
+            return BlobUnknownOnPush(
+                f"{self.registry}: manifest refused because the target lacks a blob", **where)
+        if code == "NAME_UNKNOWN":
+            return RegistryError(f"repository {repository!r} not found on {self.registry}",
+                                 **where)
+        if code == "MANIFEST_UNKNOWN" or (status == 404 and "/manifests/" in path):
+            return RegistryError(
+                f"{self.registry}/{repository}:{path.rsplit('/', 1)[-1]} not found", **where)
+        return RegistryError(f"{self.registry}: request failed", **where)
+
+    # -- the API ----------------------------------------------------------------------------
+
+    def list_tags(self, repository: str) -> list[str]:
+        """All tags, following `Link: <...>; rel="next"` pages (`?n=` asks for big pages)."""
+        scopes = (repository_scope(repository, "pull"),)
+        url = self.url(f"/v2/{repository}/tags/list?n={self.settings.tag_page_size}")
+        tags: list[str] = []
+        for _ in range(self.settings.max_tag_pages):
+            response = self.request("GET", url, scopes=scopes)
+            try:
+                page = response.json().get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{self.registry}: tag list of {repository!r} is not JSON",
+                                    method="GET", url=redact(url)) from None
+            tags.extend(str(tag) for tag in page)
+            next_link = response.links.get("next", {}).get("url")
+            if not next_link:
+                return tags
+            url = urljoin(url, next_link)
+            if urlsplit(url).netloc != urlsplit(self.base_url or "").netloc:
+                raise RegistryError(f"{self.registry}: tag list pagination leads to another host",
+                                    method="GET", url=redact(url))
+        raise RegistryError(
+            f"{self.registry}: tag list of {repository!r} has more than "
+            f"{self.settings.max_tag_pages} pages", method="GET", url=redact(url))
+
+    def head_manifest(self, repository: str, reference: str) -> tuple[str, str] | None:
+        """(digest, media type) of a tag or digest, or None when it does not exist."""
+        response = self.request(
+            "HEAD", f"/v2/{repository}/manifests/{reference}", expect=(200, 404),
+            scopes=(repository_scope(repository, "pull"),), headers={"Accept": ACCEPT})
+        if response.status_code == 404:
+            return None
+        digest = response.headers.get("Docker-Content-Digest", "")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if not digest:
+            # Some registries omit the header on HEAD; the GET's bytes are then the truth.
+            return self.get_manifest(repository, reference).digest, media_type
+        return digest, media_type
+
+    def get_manifest(self, repository: str, reference: str) -> Manifest:
+        """The manifest's raw bytes; when `reference` is a digest the bytes must hash to it."""
+        response = self.request(
+            "GET", f"/v2/{repository}/manifests/{reference}", stream=True,
+            scopes=(repository_scope(repository, "pull"),), headers={"Accept": ACCEPT})
+        with response:
+            limit = self.settings.max_manifest_bytes
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > limit:
+                raise RegistryError(f"manifest larger than {limit} bytes refused",
+                                    method="GET", url=redact(response.url))
+            try:
+                raw = response.raw.read(limit + 1, decode_content=True)
+            except (OSError, requests.RequestException) as exc:
+                raise TransportError(f"GET {redact(response.url)}: {_short(exc)}") from None
+            if len(raw) > limit:
+                raise RegistryError(f"manifest larger than {limit} bytes refused",
+                                    method="GET", url=redact(response.url))
+        expected = reference if reference.startswith("sha") else None
+        return parse_manifest(raw, response.headers.get("Content-Type", ""), expected)
+
+    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
+        response = self.request(
+            "PUT", f"/v2/{repository}/manifests/{reference}", expect=(200, 201),
+            scopes=(repository_scope(repository, "pull,push"),),
+            headers={"Content-Type": manifest.media_type}, data=manifest.raw)
+        response.close()
+        return response.headers.get("Docker-Content-Digest") or manifest.digest
+
+    def blob_exists(self, repository: str, digest: str) -> bool:
+        response = self.request(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", expect=(200, 404),
+            scopes=(repository_scope(repository, "pull"),), allow_redirects=False)
+        # 200 here, or a redirect to storage, both mean "present"; HEAD with no redirect
+        # following keeps the registry's Authorization from going to another host.
+        return response.status_code == 200
+
+    def open_blob(self, repository: str, digest: str) -> requests.Response:
+        """A streamed GET. requests drops Authorization on redirects to another host."""
+        return self.request("GET", f"/v2/{repository}/blobs/{digest}", stream=True,
+                            scopes=(repository_scope(repository, "pull"),))
+
+    def mount_blob(self, repository: str, digest: str, from_repository: str) -> str | None:
+        """Cross-repository mount: None when mounted (201), else the upload URL it opened."""
+        response = self.request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/?mount={quote(digest)}&from={quote(from_repository)}",
+            expect=(201, 202), data=b"",
+            scopes=(repository_scope(repository, "pull,push"),
+                    repository_scope(from_repository, "pull")))
+        response.close()
+        if response.status_code == 201:
+            return None
+        return self._location(response)
+
+    def start_upload(self, repository: str) -> str:
+        response = self.request(
+            "POST", f"/v2/{repository}/blobs/uploads/", expect=(202,), data=b"",
+            scopes=(repository_scope(repository, "pull,push"),))
+        response.close()
+        return self._location(response)
+
+    def finish_upload(self, repository: str, upload_url: str, digest: str, body: object) -> None:
+        """Monolithic PUT of a streamed body; not retried here (a stream cannot be replayed)."""
+        separator = "&" if "?" in upload_url else "?"
+        response = self._send(
+            "PUT", f"{upload_url}{separator}digest={quote(digest)}", expect=(201, 204),
+            scopes=(repository_scope(repository, "pull,push"),), data=body,
+            headers={"Content-Type": "application/octet-stream"})
+        response.close()
+
+    def cancel_upload(self, repository: str, upload_url: str) -> None:
+        """Best effort: a stale session is harmless, the registry purges it eventually."""
+        try:
+            self._send("DELETE", upload_url, expect=(202, 204, 404),
+                       scopes=(repository_scope(repository, "pull,push"),)).close()
+        except MigratorError as exc:
+            log.debug("could not cancel upload session %s: %s", redact(upload_url), exc)
+
+    def _location(self, response: requests.Response) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(f"{self.registry}: upload answered without a Location",
+                                method=response.request.method or "", url=redact(response.url))
+        return urljoin(response.url, location)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "…"
+
+
+def _repository_of(path: str) -> str:
+    """`/v2/ns/repo/manifests/x` → `ns/repo`."""
+    inner = path[len("/v2/"):] if path.startswith("/v2/") else path
+    for marker in ("/manifests/", "/blobs/", "/tags/"):
+        if marker in inner:
+            return inner.split(marker, 1)[0]
+    return inner.strip("/")

@@ -1,0 +1,104 @@
+"""Manifest media types and the little we need to read from a manifest body.
+
+Manifests travel as raw bytes with their media type; we parse them only to find what they
+reference (child manifests of an index, config and layer blobs of an image). The bytes we PUT
+are the bytes we got, so the digest is preserved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from migrator.errors import DigestMismatch, ManifestUnsupported, RegistryError
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
+IMAGE_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
+# Every type in Accept: without the list types a registry answers with one platform's child,
+# without any a schema2 manifest may be converted to schema1.
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+
+# Layers that must not be pushed anywhere (Windows base layers): the peers skip them too.
+FOREIGN_LAYER_TYPES = (
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+)
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    digest: str
+    size: int
+    media_type: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    raw: bytes
+    media_type: str
+    digest: str
+    blobs: tuple[Descriptor, ...] = field(default=())
+    children: tuple[Descriptor, ...] = field(default=())
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+def _descriptor(item: object, where: str) -> Descriptor:
+    if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+        raise RegistryError(f"malformed manifest: a descriptor in {where} has no digest")
+    size = item.get("size", -1)
+    if not isinstance(size, int):
+        raise RegistryError(f"malformed manifest: descriptor {item['digest']} has a bad size")
+    return Descriptor(item["digest"], size, str(item.get("mediaType", "")))
+
+
+def parse_manifest(raw: bytes, content_type: str, digest: str | None = None) -> Manifest:
+    """Read a manifest's references. `digest`, when given, is what the bytes must hash to."""
+    computed = sha256_digest(raw)
+    if digest and digest.startswith("sha256:") and digest != computed:
+        raise DigestMismatch("manifest", expected=digest, got=computed)
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryError(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RegistryError("manifest is not a JSON object")
+    media_type = body.get("mediaType") or content_type.split(";")[0].strip()
+    if media_type in SCHEMA1 or body.get("schemaVersion") == 1:
+        raise ManifestUnsupported(
+            "Docker schema1 manifests are deprecated and not copied: rebuild or re-push the "
+            "image with a current client to get a schema2 or OCI manifest"
+        )
+    if not media_type:
+        # OCI allows an index or manifest without mediaType; tell them apart by their fields.
+        media_type = OCI_INDEX if "manifests" in body else OCI_MANIFEST
+    if media_type in INDEX_TYPES:
+        children = tuple(_descriptor(m, "manifests") for m in body.get("manifests") or [])
+        return Manifest(raw, media_type, computed, children=children)
+    if media_type in IMAGE_TYPES:
+        blobs = []
+        if body.get("config") is not None:
+            blobs.append(_descriptor(body["config"], "config"))
+        for layer in body.get("layers") or []:
+            descriptor = _descriptor(layer, "layers")
+            if descriptor.media_type not in FOREIGN_LAYER_TYPES:
+                blobs.append(descriptor)
+        return Manifest(raw, media_type, computed, blobs=tuple(blobs))
+    raise ManifestUnsupported(f"unsupported manifest media type {media_type!r}")

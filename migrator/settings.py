@@ -1,0 +1,50 @@
+"""Every tunable of the product, declared once with its type and default.
+
+Each field can be overridden by an environment variable `MIGRATOR_<FIELD>` (for example
+`MIGRATOR_CHUNK_SIZE=4194304`), the natural way to configure a container or a Deployment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIGRATOR_", extra="ignore")
+
+    # HTTP
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection")
+    read_timeout: float = Field(120.0, gt=0, description="seconds without a byte before giving up")
+    http_attempts: int = Field(5, ge=1, description="tries of one request on transient faults")
+    backoff_initial: float = Field(0.5, ge=0, description="first backoff in seconds")
+    backoff_max: float = Field(30.0, ge=0, description="longest backoff between two tries")
+    retry_after_max: float = Field(120.0, ge=0, description="cap on a server's Retry-After")
+    pool_connections: int = Field(32, ge=1, description="keep-alive connections per registry")
+    ca_bundle: str | None = Field(None, description="CA bundle used for every TLS registry")
+
+    # Copy
+    chunk_size: int = Field(1 << 20, ge=4096, description="bytes per read of a blob stream")
+    blob_parallelism: int = Field(4, ge=1, description="blobs of one image copied at once")
+    blob_attempts: int = Field(3, ge=1, description="tries of one blob copy (fresh upload each)")
+    max_manifest_bytes: int = Field(4 << 20, ge=1024, description="largest manifest accepted")
+    max_tag_pages: int = Field(1000, ge=1, description="tag-list pages followed at most")
+    tag_page_size: int = Field(1000, ge=1, description="tags asked for per tag-list page")
+    verify_target_on_ledger_hit: bool = Field(
+        True, description="HEAD the target tag even when the ledger says it is up to date"
+    )
+
+    # Embedded runs
+    state_dir: Path = Field(Path(".migrator"), description="where `migrator sync` keeps state")
+    retry_pass_delay: float = Field(1.0, ge=0, description="pause before a retry pass, doubled")
+
+    # Fleet
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker and ledger")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

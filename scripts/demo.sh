@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The README's first command: install what is needed, then run the demo (two local
+# registries, sample images, `migrator sync` between them, twice).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python scripts/demo.py
