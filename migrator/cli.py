@@ -12,12 +12,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from migrator import __version__
 from migrator.auth import AuthFile, load_auth
 from migrator.errors import ConfigError
 from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
 from migrator.rules import Rule, load_rules, resolve_defaults
-from migrator.settings import Settings
+from migrator.settings import Settings, load_settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run ended, some images or rules failed
@@ -81,11 +83,17 @@ def non_negative_int(text: str) -> int:
 
 def load_inputs(
     args: argparse.Namespace, environ: Mapping[str, str]
-) -> tuple[AuthFile, list[Rule]]:
-    """Read and validate both files completely; every problem of both in one ConfigError."""
+) -> tuple[Settings, AuthFile, list[Rule]]:
+    """Validate settings and both files completely; every problem of all three at once."""
     problems: list[str] = []
+    settings: Settings | None = None
     auth: AuthFile | None = None
     rules: list[Rule] = []
+    try:
+        settings = load_settings(environ)
+    except ValidationError as exc:
+        problems.extend(f"MIGRATOR_{str(error['loc'][0]).upper()}: {error['msg']}"
+                        for error in exc.errors())
     try:
         auth = load_auth(args.auth or "auth.json", environ=environ, required=bool(args.auth))
     except ConfigError as exc:
@@ -97,8 +105,8 @@ def load_inputs(
         problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    assert auth is not None
-    return auth, rules
+    assert settings is not None and auth is not None
+    return settings, auth, rules
 
 
 def setup_logging(log_file: str | None, debug: bool) -> None:
@@ -123,8 +131,7 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from migrator.progress import ConsoleReporter
     from migrator.runner import EmbeddedRunner
 
-    auth, rules = load_inputs(args, environ)
-    settings = Settings()
+    settings, auth, rules = load_inputs(args, environ)
     setup_logging(args.log, args.debug)
     try:
         ledger = open_ledger(args, settings)

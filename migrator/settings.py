@@ -6,7 +6,7 @@ Each field can be overridden by an environment variable `MIGRATOR_<FIELD>` (for 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field
@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker and ledger")
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `environ` (default: the process environment), `MIGRATOR_*` variables."""
+    if environ is None:
+        return Settings()
+    prefix = Settings.model_config["env_prefix"]
+    values = {key[len(prefix):].lower(): value for key, value in environ.items()
+              if key.startswith(prefix) and key[len(prefix):].lower() in Settings.model_fields}
+    # Init values win over the process environment, so `environ` is the whole truth here.
+    return Settings(**values)

@@ -71,7 +71,7 @@ class wait_retry_after(wait_base):
     """Exponential backoff with jitter, replaced by the server's Retry-After when it sent one."""
 
     def __init__(self, initial: float, maximum: float, retry_after_max: float) -> None:
-        self.exponential = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self.exponential = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
         self.retry_after_max = retry_after_max
 
     def __call__(self, retry_state) -> float:  # type: ignore[no-untyped-def]
