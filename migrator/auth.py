@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+from migrator.documents import (
+    SCHEME,
+    describe_type,
+    duplicate_keys,
+    duplicate_problem,
+    load_document,
+    quote,
+)
 from migrator.errors import ConfigError
 from migrator.reference import (
     DOCKER_HUB,
@@ -23,14 +31,6 @@ from migrator.reference import (
     ReferenceError,
     check_registry,
     check_repository,
-)
-from migrator.rules import (
-    SCHEME,
-    describe_type,
-    duplicate_keys,
-    duplicate_problem,
-    load_document,
-    quote,
 )
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")

@@ -50,7 +50,7 @@ class ConsoleReporter:
                 TextColumn("{task.fields[failed]} failed"),
                 TextColumn("{task.fields[size]}"), TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
-                console=Console(file=stream), transient=True,
+                console=Console(file=stream, force_terminal=True), transient=True,
             )
 
     def phase(self, text: str) -> None:

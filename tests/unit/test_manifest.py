@@ -24,9 +24,13 @@ def descriptor(char: str, size: int = 10, media_type: str = "") -> dict:
 
 def test_image_manifest_lists_config_then_layers_and_skips_foreign_layers():
     body = {
-        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": descriptor("c"),
-        "layers": [descriptor("1"), descriptor(
-            "2", media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")],
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": descriptor("c"),
+        "layers": [
+            descriptor("1"),
+            descriptor("2", media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
+        ],
     }
     raw = json.dumps(body).encode()
     manifest = parse_manifest(raw, "")
@@ -37,8 +41,13 @@ def test_image_manifest_lists_config_then_layers_and_skips_foreign_layers():
 
 @pytest.mark.parametrize("media_type", [DOCKER_LIST, OCI_INDEX])
 def test_index_lists_children(media_type):
-    raw = json.dumps({"schemaVersion": 2, "mediaType": media_type,
-                      "manifests": [descriptor("a"), descriptor("b")]}).encode()
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "manifests": [descriptor("a"), descriptor("b")],
+        }
+    ).encode()
     manifest = parse_manifest(raw, media_type)
     assert manifest.is_index and len(manifest.children) == 2
 

@@ -10,11 +10,15 @@ from migrator.registry.client import parse_retry_after, redact
 def test_bearer_challenge_with_quoted_and_bare_values():
     challenge = parse_challenge(
         'Bearer realm="https://auth.example.com/token",service="registry.example.com",'
-        'scope="repository:ns/repo:pull,push",error=insufficient_scope')
+        'scope="repository:ns/repo:pull,push",error=insufficient_scope'
+    )
     assert challenge.scheme == "bearer"
     assert challenge.params == {
-        "realm": "https://auth.example.com/token", "service": "registry.example.com",
-        "scope": "repository:ns/repo:pull,push", "error": "insufficient_scope"}
+        "realm": "https://auth.example.com/token",
+        "service": "registry.example.com",
+        "scope": "repository:ns/repo:pull,push",
+        "error": "insufficient_scope",
+    }
 
 
 def test_basic_challenge_and_absent_header():
@@ -33,4 +37,5 @@ def test_retry_after_seconds_and_http_date():
 
 def test_redact_drops_userinfo_and_query():
     assert redact("https://user:secret@reg.example.com:5000/v2/x/blobs/uploads/u?_state=abc") == (
-        "https://reg.example.com:5000/v2/x/blobs/uploads/u")
+        "https://reg.example.com:5000/v2/x/blobs/uploads/u"
+    )
