@@ -1,8 +1,8 @@
 """The digest record: which blobs and manifests a target registry already holds.
 
 A cache in front of the registries, never the truth (a lost or stale ledger costs requests, not
-correctness). One small interface, `Ledger`; the embedded implementations live here (memory,
-and SQLite for `migrator sync --state DIR`); the fleet's Redis one lives with the workers.
+correctness). One small interface, `Ledger`, three implementations: memory, SQLite
+for `migrator sync --state DIR`, and Redis, shared by the fleet.
 
     blob      (target registry, digest) → repositories known to hold it
     manifest  target reference → (source digest, target digest) last synced
@@ -15,10 +15,10 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -171,3 +171,86 @@ class SQLiteLedger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class RedisLedger:
+    """The fleet's record, shared by every worker through Redis.
+
+        {prefix}blob:{registry}:{digest}   SET of repositories holding the blob
+        {prefix}manifest:{target}          HASH source, target (digests last synced)
+        {prefix}lock:{registry}:{digest}   single-flight lock with a TTL, renewed while held
+
+    Keys hold registry names, repositories and digests only: never a credential. Takes a
+    `redis.Redis` client so that this module needs no Redis import of its own.
+    """
+
+    def __init__(self, client: Any, *, prefix: str = "migrator:", lock_ttl: float = 60.0,
+                 lock_wait: float = 3600.0) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+
+    def _blob_key(self, registry: str, digest: str) -> str:
+        return f"{self.prefix}blob:{registry}:{digest}"
+
+    def blob_repositories(self, registry: str, digest: str) -> set[str]:
+        return {_text(member) for member in self.redis.smembers(self._blob_key(registry, digest))}
+
+    def add_blob(self, registry: str, digest: str, repository: str) -> None:
+        self.redis.sadd(self._blob_key(registry, digest), repository)
+
+    def forget_blobs(self, registry: str, repository: str, digests: list[str]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for digest in digests:
+                pipe.srem(self._blob_key(registry, digest), repository)
+            pipe.execute()
+
+    def manifest(self, target: str) -> ManifestRecord | None:
+        values = self.redis.hmget(f"{self.prefix}manifest:{target}", "source", "target")
+        if not values[0] or not values[1]:
+            return None
+        return ManifestRecord(_text(values[0]), _text(values[1]))
+
+    def record_manifest(self, target: str, record: ManifestRecord) -> None:
+        self.redis.hset(f"{self.prefix}manifest:{target}",
+                        mapping={"source": record.source_digest, "target": record.target_digest})
+
+    def forget_manifest(self, target: str) -> None:
+        self.redis.delete(f"{self.prefix}manifest:{target}")
+
+    @contextmanager
+    def blob_lock(self, registry: str, digest: str) -> Iterator[None]:
+        """Held by one worker of the fleet at a time; a crashed holder's lock expires.
+
+        A waiter gives up waiting after `lock_wait` seconds and goes on anyway: a duplicate
+        upload is harmless, a fleet stuck behind a lost lock is not.
+        """
+        lock = self.redis.lock(f"{self.prefix}lock:{registry}:{digest}", timeout=self.lock_ttl,
+                               sleep=0.2, blocking_timeout=self.lock_wait, thread_local=False)
+        acquired = lock.acquire()
+        stop = threading.Event()
+        renewer = None
+        if acquired:
+            renewer = threading.Thread(target=self._renew, args=(lock, stop), daemon=True)
+            renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if renewer is not None:
+                renewer.join()
+            if acquired:
+                with suppress(Exception):  # expired meanwhile: someone else may hold it now
+                    lock.release()
+
+    def _renew(self, lock: Any, stop: threading.Event) -> None:
+        while not stop.wait(self.lock_ttl / 3):
+            try:
+                lock.reacquire()
+            except Exception:  # lost it (expired under a long pause): nothing left to renew
+                return
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -43,6 +43,17 @@ def repository_scope(repository: str, actions: str) -> str:
     return f"repository:{repository}:{actions}"
 
 
+def _covered(scope: str, held: tuple[str, ...]) -> bool:
+    """Whether one of the `held` scopes grants every action of `scope` on the same resource."""
+    resource, _, actions = scope.rpartition(":")
+    wanted = set(actions.split(","))
+    for candidate in held:
+        held_resource, _, held_actions = candidate.rpartition(":")
+        if held_resource == resource and wanted <= set(held_actions.split(",")):
+            return True
+    return False
+
+
 class Authenticator:
     """Builds the Authorization header of one registry's requests. Thread safe."""
 
@@ -62,6 +73,7 @@ class Authenticator:
         self.timeout = timeout
         self.challenge: Challenge | None = None
         self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
+        self._fetching: dict[tuple[str, ...], threading.Lock] = {}
         self._lock = threading.Lock()
         self.tokens_fetched = 0
 
@@ -99,20 +111,40 @@ class Authenticator:
                 k: v for k, v in challenge.params.items() if k in ("realm", "service")})
         with self._lock:
             self.challenge = challenge
-            self._tokens.pop(tuple(sorted(scopes)), None)
+            for held in [held for held in self._tokens
+                         if all(_covered(scope, held) for scope in scopes)]:
+                del self._tokens[held]
         return challenge.scheme == "bearer" or self._basic() is not None
 
     def _token(self, scopes: tuple[str, ...]) -> str:
         key = tuple(sorted(scopes))
+        token = self._cached(key)
+        if token:
+            return token
+        with self._lock:
+            fetch_lock = self._fetching.setdefault(key, threading.Lock())
+        # Single flight per scope set: threads that need the same token wait for one fetch.
+        with fetch_lock:
+            token = self._cached(key)
+            if token:
+                return token
+            token, lifetime = self._fetch_token(key)
+            with self._lock:
+                expires = time.monotonic() + max(lifetime - TOKEN_REFRESH_MARGIN, 1.0)
+                self._tokens[key] = (token, expires)
+            return token
+
+    def _cached(self, wanted: tuple[str, ...]) -> str | None:
+        """A live token whose scopes cover `wanted` (a pull,push token serves a pull)."""
         now = time.monotonic()
         with self._lock:
-            cached = self._tokens.get(key)
-            if cached and cached[1] > now:
-                return cached[0]
-        token, lifetime = self._fetch_token(key)
-        with self._lock:
-            self._tokens[key] = (token, now + max(lifetime - TOKEN_REFRESH_MARGIN, 1.0))
-        return token
+            exact = self._tokens.get(wanted)
+            if exact and exact[1] > now:
+                return exact[0]
+            for held, (token, expires) in self._tokens.items():
+                if expires > now and all(_covered(scope, held) for scope in wanted):
+                    return token
+        return None
 
     def _fetch_token(self, scopes: tuple[str, ...]) -> tuple[str, float]:
         assert self.challenge is not None
