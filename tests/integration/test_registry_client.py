@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +15,7 @@ from migrator.auth import RegistryAuth
 from migrator.errors import AuthError, RegistryError
 from migrator.registry.client import RegistryClient
 from migrator.settings import Settings
-from tests.support.images import make_layer, push_blob, push_image, session_for
+from tests.support.images import get_blob, make_layer, push_blob, push_image, session_for
 
 
 def client_for(registry, **settings) -> RegistryClient:
@@ -153,3 +154,84 @@ def test_token_for_a_scope_is_reused_until_it_expires(token_registry):
     for _ in range(5):
         client.head_manifest("ns/cached", "1")
     assert len(token_registry.issuer.issued) - before == 1
+
+
+class RedirectingFront:
+    """Forwards everything to a registry but answers blob GETs with a 307 to a "storage" host
+    (`localhost` instead of `127.0.0.1`), as registries backed by object storage do. The storage
+    server records the Authorization headers it receives."""
+
+    def __init__(self, registry) -> None:
+        front = self
+        self.storage_headers: list[str | None] = []
+
+        class Storage(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                front.storage_headers.append(self.headers.get("Authorization"))
+                digest = self.path.rsplit("/", 1)[-1]
+                data = get_blob(registry, front.repository, digest, auth=registry.auth)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Front(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                if self.command == "GET" and "/blobs/sha256:" in self.path:
+                    digest = self.path.rsplit("/", 1)[-1]
+                    self.send_response(307)
+                    self.send_header("Location", f"http://localhost:{front.storage_port}/{digest}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                upstream = requests.request(self.command, registry.url + self.path, data=body,
+                                            headers=headers, allow_redirects=False, timeout=30)
+                self.send_response(upstream.status_code)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(upstream.content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(upstream.content)
+
+            do_GET = do_HEAD = do_POST = do_PUT = _forward  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.repository = ""
+        self.storage = ThreadingHTTPServer(("127.0.0.1", 0), Storage)
+        self.storage_port = self.storage.server_address[1]
+        self.front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+        self.host = f"127.0.0.1:{self.front.server_address[1]}"
+        for server in (self.storage, self.front):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.storage.shutdown()
+        self.front.shutdown()
+
+
+def test_blob_redirects_are_followed_without_the_registry_credentials(token_registry):
+    registry = token_registry.registry
+    image = push_image(registry, "ns/redirected", "1", layers=[make_layer(4096, 5)],
+                       auth=registry.auth)
+    front = RedirectingFront(registry)
+    front.repository = "ns/redirected"
+    try:
+        client = RegistryClient(front.host, RegistryAuth(
+            username=registry.username, password=registry.password, insecure=True), Settings())
+        layer = image.blobs[-1]
+        response = client.open_blob("ns/redirected", layer)
+        data = response.content
+        assert hashlib.sha256(data).hexdigest() == layer.split(":", 1)[1]
+        assert front.storage_headers == [None]
+    finally:
+        front.close()
