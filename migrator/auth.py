@@ -9,6 +9,7 @@ and no problem text ever carries a password.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -235,3 +236,38 @@ def load_auth(
     if problems:
         raise ConfigError(problems)
     return AuthFile(name, entries)
+
+
+def seal(auth: AuthFile, key: str) -> str:
+    """The credentials of `auth`, encrypted and authenticated with a Fernet key.
+
+    This is how a producer hands its credentials to the fleet: the sealed text rests in Redis
+    next to the run, tasks carry only the run id, and only holders of the key (the producer and
+    the workers) can read it.
+    """
+    from cryptography.fernet import Fernet
+
+    plain = {
+        name: {**entry.model_dump(exclude={"password"}, exclude_none=True),
+               **({"password": entry.password.get_secret_value()} if entry.password else {})}
+        for name, entry in auth.entries.items()
+    }
+    return Fernet(key.encode()).encrypt(json.dumps(plain).encode()).decode()
+
+
+def unseal(sealed: str, key: str, *, path: str = "<sealed>") -> AuthFile:
+    """Inverse of `seal`; a wrong key or altered text is a ConfigError, never a partial read."""
+    from cryptography.fernet import Fernet, InvalidToken
+
+    try:
+        plain = json.loads(Fernet(key.encode()).decrypt(sealed.encode()))
+    except (InvalidToken, ValueError):
+        raise ConfigError(
+            f"{path}: cannot open the run's sealed credentials: producer and workers must "
+            "share the same MIGRATOR_SECRET_KEY") from None
+    return AuthFile(path, {name: RegistryAuth(**entry) for name, entry in plain.items()})
+
+
+def merge(base: AuthFile, override: AuthFile) -> AuthFile:
+    """`override`'s entries win over `base`'s (a run's credentials over a worker's own file)."""
+    return AuthFile(override.path or base.path, {**base.entries, **override.entries})

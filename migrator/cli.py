@@ -11,15 +11,20 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from migrator import __version__
 from migrator.auth import AuthFile, load_auth
 from migrator.errors import ConfigError
+from migrator.kube import add_config_parser
 from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
 from migrator.rules import Rule, load_rules, resolve_defaults
 from migrator.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from migrator.runs import RunState, RunStore
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run ended, some images or rules failed
@@ -50,6 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--no-state", action="store_true",
                       help="keep no digest record between runs")
     sync.add_argument("--debug", action="store_true", help="log every request")
+
+    enqueue = commands.add_parser(
+        "enqueue", help="validate the rules and hand them to the fleet of workers",
+        description="Validate the rules, record a run in Redis and send one Celery task per "
+                    "image (or per rule whose tags must be listed). Prints the run id.")
+    add_input_flags(enqueue)
+    enqueue.add_argument("--wait", action="store_true",
+                         help="follow the run until it ends, then print its summary")
+    add_watch_flags(enqueue)
+
+    status = commands.add_parser(
+        "status", help="progress and outcome of fleet runs",
+        description="Show a fleet run's progress and outcome; without RUN_ID, recent runs.")
+    status.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    status.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    status.add_argument("--json", action="store_true", help="print the run as JSON")
+    add_watch_flags(status)
+    add_config_parser(commands)
     return parser
 
 
@@ -65,6 +88,13 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
                         help="default target namespace for empty targets ($DEFAULT_NAMESPACE)")
     parser.add_argument("-r", "--retries", type=non_negative_int, default=3, metavar="N",
                         help="times a failed task is retried after the pass (default 3)")
+
+
+def add_watch_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-failed", metavar="FILE",
+                        help="write the failed images as an images file to enqueue again")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop waiting after this long (exit code 1 if unfinished)")
 
 
 def positive_int(text: str) -> int:
@@ -153,7 +183,134 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILED
 
 
-COMMANDS = {"sync": run_sync}
+def run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`migrator config`: the images a Kubernetes cluster runs, as a rules file (kube.py)."""
+    from migrator import kube
+
+    try:
+        complete = kube.run_config(args, environ, sys.stderr)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("nothing was written: fix the input above and run again", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except kube.ClusterError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if complete else EXIT_FAILED
+
+
+def fleet_store(settings: Settings) -> RunStore:
+    import redis
+
+    from migrator.runs import RunStore
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10)
+    return RunStore(client, prefix=settings.redis_prefix, ttl=settings.run_ttl)
+
+
+def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from migrator.fleet import start_run
+
+    settings, auth, rules = load_inputs(args, environ)
+    from workers.app import make_app  # the producer needs Celery only to send
+
+    app = make_app(settings)
+
+    def send(name: str, task_args: list, kwargs: dict) -> None:
+        app.send_task(name, args=task_args, kwargs=kwargs)
+
+    store = fleet_store(settings)
+    started = start_run(rules, auth, settings, store=store, send=send, name=str(args.images),
+                        retries=args.retries)
+    for warning in started.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(started.run_id, flush=True)
+    if not args.wait:
+        return EXIT_OK
+    return watch_run(store, started.run_id, args)
+
+
+def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import json
+
+    try:
+        settings = load_settings(environ)
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+    store = fleet_store(settings)
+    if args.run_id is None:
+        for state in store.recent():
+            print(f"{state.run_id}  {state.name}  {state.done}/{state.total} images, "
+                  f"{len(state.failed)} failed, {len(state.generate_failed)} generate failed"
+                  f"{'' if state.finished else '  (running)'}")
+        return EXIT_OK
+    if store.state(args.run_id) is None:
+        raise ConfigError(f"run {args.run_id!r} not found in {settings.redis_prefix}runs")
+    if args.wait:
+        return watch_run(store, args.run_id, args)
+    state = store.state(args.run_id)
+    assert state is not None
+    if args.json:
+        print(json.dumps({**state.__dict__, "done": state.done, "finished": state.finished,
+                          "summary": state.line()}, indent=2))
+    else:
+        print_run(state)
+    write_failed(state, args.output_failed)
+    if not state.finished:
+        return EXIT_FAILED
+    return EXIT_OK if state.ok else EXIT_FAILED
+
+
+def watch_run(store: RunStore, run_id: str, args: argparse.Namespace) -> int:
+    from migrator.fleet import watch
+    from migrator.progress import ConsoleReporter
+
+    reporter = ConsoleReporter(sys.stdout)
+    reporter.phase("Start to handle images tasks, please wait ...")
+
+    def show(state: RunState) -> None:
+        reporter.set_counts(total=state.total, done=state.done, failed=len(state.failed),
+                            copied_bytes=state.bytes)
+
+    try:
+        state = watch(store, run_id, on_state=show, timeout=args.timeout)
+    finally:
+        reporter.close()
+    print_run(state)
+    write_failed(state, args.output_failed)
+    if not state.finished:
+        print(f"run {run_id} is still running", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if state.ok else EXIT_FAILED
+
+
+def print_run(state: RunState) -> None:
+    for job, reason in sorted(state.failed.items()):
+        print(f"failed: {job}: {reason}", file=sys.stderr)
+    for rule, reason in sorted(state.generate_failed.items()):
+        print(f"generate failed: {rule}: {reason}", file=sys.stderr)
+    if state.finished:
+        print(state.line(), flush=True)
+    else:
+        print(f"run {state.run_id}: {state.done}/{state.total} images done, "
+              f"{state.expands_pending} rules still to expand", flush=True)
+
+
+def write_failed(state: RunState, path: str | None) -> None:
+    if not path:
+        return
+    import json
+
+    from migrator.fleet import failed_images
+
+    Path(path).write_text(json.dumps(failed_images(state), indent=2, sort_keys=True) + "\n")
+
+
+COMMANDS = {"sync": run_sync, "config": run_config, "enqueue": run_enqueue,
+            "status": run_status}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

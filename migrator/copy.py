@@ -23,7 +23,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Literal
 
-from migrator.auth import AuthFile
+from migrator.auth import AuthFile, RegistryAuth
 from migrator.errors import BlobUnknownOnPush, DigestMismatch, RegistryError
 from migrator.ledger import Ledger, ManifestRecord
 from migrator.registry.client import RegistryClient, retrying
@@ -38,23 +38,33 @@ MAX_INDEX_DEPTH = 2
 ByteCounter = Callable[[int], None]
 
 
-class Clients:
-    """One `RegistryClient` per registry and credential, shared by every copy of a process."""
+class ClientPool:
+    """One `RegistryClient` per registry and credential, for the whole process: every copy
+    shares its connections, its `/v2/` ping and its tokens."""
 
-    def __init__(self, auth: AuthFile, settings: Settings) -> None:
-        self.auth = auth
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._clients: dict[tuple[str, object], RegistryClient] = {}
+        self._clients: dict[tuple[str, RegistryAuth], RegistryClient] = {}
         self._lock = threading.Lock()
 
-    def get(self, registry: str, repository: str) -> RegistryClient:
-        credentials = self.auth.lookup(registry, repository)
+    def get(self, registry: str, credentials: RegistryAuth) -> RegistryClient:
         key = (registry, credentials)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 client = self._clients[key] = RegistryClient(registry, credentials, self.settings)
             return client
+
+
+class Clients:
+    """The clients of one set of credentials (an auth file), drawn from a shared pool."""
+
+    def __init__(self, auth: AuthFile, pool: ClientPool) -> None:
+        self.auth = auth
+        self.pool = pool
+
+    def get(self, registry: str, repository: str) -> RegistryClient:
+        return self.pool.get(registry, self.auth.lookup(registry, repository))
 
 
 @dataclass
@@ -131,7 +141,7 @@ class _ImageCopy:
 
         record = self.ledger.manifest(key)
         vouched = record is not None and record.source_digest == source_digest
-        if vouched and not self.settings.verify_target_on_ledger_hit:
+        if vouched and self.settings.trust_ledger:
             return self._up_to_date(record.target_digest)  # type: ignore[union-attr]
         head = self.dst.head_manifest(self.dst_repo, target_ref)
         expected = {source_digest} | ({record.target_digest} if vouched and record else set())

@@ -80,6 +80,12 @@ class ConsoleReporter:
             self.failed += error is not None
         self._refresh()
 
+    def set_counts(self, *, total: int, done: int, failed: int, copied_bytes: int) -> None:
+        """Absolute figures, for a run whose work happens elsewhere (the fleet)."""
+        with self._lock:
+            self.total, self.done, self.failed, self.bytes = total, done, failed, copied_bytes
+        self._refresh()
+
     def rate(self) -> float:
         return self.bytes / max(time.monotonic() - self.started, 1e-6)
 

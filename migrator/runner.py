@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from migrator.auth import AuthFile
-from migrator.copy import Clients, CopyResult, copy_image
+from migrator.copy import ClientPool, Clients, CopyResult, copy_image
 from migrator.errors import MigratorError
 from migrator.ledger import Ledger
 from migrator.rules import Job, Rule
@@ -71,7 +71,9 @@ class EmbeddedRunner:
         workers: int = 7,
         retries: int = 3,
     ) -> None:
-        self.clients = Clients(auth, settings)
+        if settings.trust_ledger is None:  # a local record may be stale: the registry decides
+            settings = settings.model_copy(update={"trust_ledger": False})
+        self.clients = Clients(auth, ClientPool(settings))
         self.ledger = ledger
         self.settings = settings
         self.reporter = reporter

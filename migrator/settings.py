@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,16 +33,28 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = Field(4 << 20, ge=1024, description="largest manifest accepted")
     max_tag_pages: int = Field(1000, ge=1, description="tag-list pages followed at most")
     tag_page_size: int = Field(1000, ge=1, description="tags asked for per tag-list page")
-    verify_target_on_ledger_hit: bool = Field(
-        True, description="HEAD the target tag even when the ledger says it is up to date"
-    )
+    trust_ledger: bool | None = Field(
+        None, description="skip the target HEAD when the ledger vouches for a tag; unset: "
+        "trusted by the fleet (its record is shared), verified by `migrator sync`")
 
     # Embedded runs
     state_dir: Path = Field(Path(".migrator"), description="where `migrator sync` keeps state")
     retry_pass_delay: float = Field(1.0, ge=0, description="pause before a retry pass, doubled")
 
     # Fleet
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker and ledger")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker, ledger and runs")
+    redis_prefix: str = Field("migrator:", description="prefix of every key of ours in Redis")
+    queue: str = Field("migrator", description="the Celery queue of the copy tasks")
+    auth_file: str | None = Field(None, description="the workers' own auth file")
+    secret_key: SecretStr | None = Field(
+        None, description="Fernet key shared by producer and workers to seal run credentials")
+    visibility_timeout: int = Field(
+        4 * 3600, ge=60, description="seconds before Redis hands an unacknowledged task to "
+        "another worker; keep it above the longest copy")
+    lock_ttl: float = Field(60.0, gt=0, description="seconds a crashed worker keeps a blob lock")
+    lock_wait: float = Field(3600.0, gt=0, description="longest wait for another's blob upload")
+    run_ttl: int = Field(30 * 86400, ge=60, description="seconds a run's record is kept")
+    schedule_file: str | None = Field(None, description="YAML schedule read by celery beat")
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,0 +1,140 @@
+"""Fleet runs, the producer's side: turn validated rules into a run and its Celery tasks.
+
+Shared by `migrator enqueue` and by scheduled runs fired from celery beat. It sends tasks
+through a `send(name, args, kwargs)` callable, so this module needs no Celery import.
+
+Task arguments are what a person reads in Flower: a run id, image references, a rule's origin,
+a retry count. Credentials never travel in them: the run's auth rests in Redis sealed with the
+key that producer and workers share (`MIGRATOR_SECRET_KEY`); without a key only its non-secret
+part travels (plain-HTTP flags), and the workers use their own `MIGRATOR_AUTH_FILE`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrator.auth import AuthFile, RegistryAuth, seal, unseal
+from migrator.reference import parse
+from migrator.rules import Job, Rule
+from migrator.runs import RunState, RunStore
+from migrator.settings import Settings
+
+SYNC_TASK = "migrator.sync_image"
+EXPAND_TASK = "migrator.expand_rule"
+SEALED, PLAIN = "sealed:", "plain:"
+
+Send = Callable[[str, list, dict], Any]
+
+
+def rule_key(rule: Rule) -> str:
+    """A rule's name in the run: its origin plus target (a list of targets shares one origin)."""
+    return f"{rule.origin} -> {rule.target}"
+
+
+def expand_args(rule: Rule) -> dict[str, str | None]:
+    return {"source": rule.source.name, "pattern": rule.tag_pattern,
+            "target": rule.target.name, "rule": rule_key(rule)}
+
+
+def rule_from_args(args: dict[str, str | None]) -> Rule:
+    source, target = parse(str(args["source"])), parse(str(args["target"]))
+    return Rule(origin=str(args["rule"]), source=source, tags=(),
+                tag_pattern=args.get("pattern"), target=target)
+
+
+def job_from_args(source: str, target: str, rule: str = "") -> Job:
+    return Job(parse(source), parse(target), rule)
+
+
+def auth_for_transport(auth: AuthFile, settings: Settings) -> tuple[str, str | None]:
+    """What rests in Redis for the run's workers, and a warning for the user if any."""
+    if not auth.entries:
+        return "", None
+    if settings.secret_key is not None:
+        return SEALED + seal(auth, settings.secret_key.get_secret_value()), None
+    plain = {name: entry.model_dump(include={"insecure", "tls_verify"}, exclude_defaults=True)
+             for name, entry in auth.entries.items()}
+    warning = None
+    if any(not entry.anonymous for entry in auth.entries.values()):
+        warning = ("the credentials of the auth file stay on this machine: set "
+                   "MIGRATOR_SECRET_KEY (the same for producer and workers) to hand them to "
+                   "the fleet sealed, or give the workers their own MIGRATOR_AUTH_FILE")
+    return PLAIN + json.dumps(plain), warning
+
+
+def auth_from_transport(text: str | None, settings: Settings) -> AuthFile:
+    if not text:
+        return AuthFile("")
+    if text.startswith(SEALED):
+        key = settings.secret_key.get_secret_value() if settings.secret_key else ""
+        return unseal(text[len(SEALED):], key, path="run credentials")
+    plain = json.loads(text[len(PLAIN):])
+    return AuthFile("run settings", {name: RegistryAuth(**entry) for name, entry in plain.items()})
+
+
+@dataclass
+class StartedRun:
+    run_id: str
+    tasks: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def start_run(
+    rules: Sequence[Rule],
+    auth: AuthFile,
+    settings: Settings,
+    *,
+    store: RunStore,
+    send: Send,
+    name: str,
+    retries: int,
+) -> StartedRun:
+    """Record the run, then send one task per known image and one per rule to expand."""
+    jobs = list(dict.fromkeys(job for rule in rules if not rule.needs_tag_list
+                              for job in rule.jobs()))
+    expands = list({rule_key(rule): rule for rule in rules if rule.needs_tag_list}.values())
+    transport, warning = auth_for_transport(auth, settings)
+    run_id = store.create(name=name, retries=retries, jobs=[str(job) for job in jobs],
+                          expands=[rule_key(rule) for rule in expands], auth=transport)
+    for job in jobs:
+        send(SYNC_TASK, [run_id, str(job.source), str(job.target)],
+             {"rule": job.rule, "retries": retries})
+    for rule in expands:
+        send(EXPAND_TASK, [run_id, expand_args(rule)], {"retries": retries})
+    return StartedRun(run_id, len(jobs) + len(expands), [warning] if warning else [])
+
+
+def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
+          on_state: Callable[[RunState], None] | None = None,
+          timeout: float | None = None) -> RunState:
+    """Poll a run until it is finished (or `timeout` seconds pass); returns its last state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state = store.state(run_id)
+        if state is None:
+            raise KeyError(run_id)
+        if on_state is not None:
+            on_state(state)
+        if state.finished or (deadline is not None and time.monotonic() > deadline):
+            return state
+        time.sleep(interval)
+
+
+def failed_images(state: RunState) -> dict[str, str]:
+    """The failed image tasks as an images file ({source: target}) ready to enqueue again."""
+    images: dict[str, str] = {}
+    for job in state.failed:
+        source, _, target = job.partition(" -> ")
+        images[source] = target
+    return images
+
+
+def print_state(state: RunState, stream: Any = sys.stdout) -> None:
+    print(f"run {state.run_id}: {state.done}/{state.total} images, {len(state.failed)} failed, "
+          f"{len(state.generate_failed)} rules failed, {state.expands_pending} rules to expand, "
+          f"{state.bytes} bytes copied", file=stream, flush=True)

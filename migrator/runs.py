@@ -1,0 +1,179 @@
+"""A run of the fleet, as recorded in Redis: what it must copy, what is done, what failed.
+
+Counters are sets and hashes keyed by the image task ("src -> dst"), not increments, so a task
+that Celery delivers twice counts once (invariant 6), and progress and the summary line are
+derived, never stored twice:
+
+    {p}run:{id}            HASH  name, created, retries, bytes
+    {p}run:{id}:jobs       SET   every image task of the run (src -> dst)
+    {p}run:{id}:ok         SET   the tasks that ended copied or up to date
+    {p}run:{id}:failed     HASH  task → reason, for tasks that gave up
+    {p}run:{id}:expands    SET   rules whose tag list is still to be read
+    {p}run:{id}:genfailed  HASH  rule → reason, for rules that could not be expanded
+    {p}run:{id}:auth       the run's credentials, sealed (see migrator.auth.seal), or their
+                           non-secret part (insecure flags) when no key is shared
+    {p}runs                ZSET  run id by creation time, for `migrator status`
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+SUFFIXES = ("", ":jobs", ":ok", ":failed", ":expands", ":genfailed", ":auth")
+
+
+def new_run_id() -> str:
+    """Sortable and readable: `20261128-130501-3fa9c2`."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class RunState:
+    run_id: str
+    name: str = ""
+    created: float = 0.0
+    total: int = 0
+    succeeded: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    generate_failed: dict[str, str] = field(default_factory=dict)
+    expands_pending: int = 0
+    bytes: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + len(self.failed)
+
+    @property
+    def finished(self) -> bool:
+        return self.expands_pending == 0 and self.done >= self.total
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and not self.failed and not self.generate_failed
+
+    def line(self) -> str:
+        """The summary line of image-syncer / image-migrator, also for fleet runs."""
+        return (f"Images({self.total}) migration finished, {len(self.failed)} images tasks "
+                f"failed, {len(self.generate_failed)} tasks generate failed")
+
+
+class RunStore:
+    def __init__(self, client: Any, *, prefix: str = "migrator:", ttl: int = 30 * 86400) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.ttl = ttl
+
+    def key(self, run_id: str, suffix: str = "") -> str:
+        return f"{self.prefix}run:{run_id}{suffix}"
+
+    def create(self, *, name: str, retries: int, jobs: Iterable[str], expands: Iterable[str],
+               auth: str = "") -> str:
+        """Record a run completely before any of its tasks is sent, so it cannot look done."""
+        run_id = new_run_id()
+        now = time.time()
+        jobs, expands = list(jobs), list(expands)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key(run_id), mapping={
+                "name": name, "created": now, "retries": retries, "bytes": 0})
+            if jobs:
+                pipe.sadd(self.key(run_id, ":jobs"), *jobs)
+            if expands:
+                pipe.sadd(self.key(run_id, ":expands"), *expands)
+            if auth:
+                pipe.set(self.key(run_id, ":auth"), auth)
+            for suffix in SUFFIXES:
+                pipe.expire(self.key(run_id, suffix), self.ttl)
+            pipe.zadd(f"{self.prefix}runs", {run_id: now})
+            pipe.execute()
+        return run_id
+
+    def auth(self, run_id: str) -> str | None:
+        value = self.redis.get(self.key(run_id, ":auth"))
+        return value.decode() if isinstance(value, bytes) else value
+
+    def add_jobs(self, run_id: str, jobs: Iterable[str]) -> list[str]:
+        """Add image tasks found by an expansion; returns those not already in the run."""
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        with self.redis.pipeline() as pipe:
+            for job in jobs:
+                pipe.sadd(self.key(run_id, ":jobs"), job)
+            pipe.expire(self.key(run_id, ":jobs"), self.ttl)
+            added = pipe.execute()[:-1]
+        return [job for job, new in zip(jobs, added, strict=True) if new]
+
+    def unfinished(self, run_id: str, jobs: list[str]) -> set[str]:
+        """Those of `jobs` that neither succeeded nor failed yet."""
+        if not jobs:
+            return set()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smismember(self.key(run_id, ":ok"), jobs)
+            pipe.hmget(self.key(run_id, ":failed"), jobs)
+            ok, failed = pipe.execute()
+        return {job for job, done, reason in zip(jobs, ok, failed, strict=True)
+                if not done and reason is None}
+
+    def succeeded(self, run_id: str, job: str, copied_bytes: int = 0) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(self.key(run_id, ":ok"), job)
+            pipe.hdel(self.key(run_id, ":failed"), job)
+            if copied_bytes:
+                pipe.hincrby(self.key(run_id), "bytes", copied_bytes)
+            pipe.expire(self.key(run_id, ":ok"), self.ttl)
+            pipe.execute()
+
+    def failed(self, run_id: str, job: str, reason: str) -> None:
+        if self.redis.sismember(self.key(run_id, ":ok"), job):
+            return  # a duplicate delivery failed after the first one succeeded
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key(run_id, ":failed"), job, reason)
+            pipe.expire(self.key(run_id, ":failed"), self.ttl)
+            pipe.execute()
+
+    def expanded(self, run_id: str, rule: str, reason: str | None = None) -> None:
+        """The rule's tag list was read (reason None) or could not be (reason given)."""
+        with self.redis.pipeline() as pipe:
+            if reason is None:
+                pipe.hdel(self.key(run_id, ":genfailed"), rule)
+            else:
+                pipe.hset(self.key(run_id, ":genfailed"), rule, reason)
+                pipe.expire(self.key(run_id, ":genfailed"), self.ttl)
+            pipe.srem(self.key(run_id, ":expands"), rule)
+            pipe.execute()
+
+    def state(self, run_id: str) -> RunState | None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.key(run_id))
+            pipe.scard(self.key(run_id, ":jobs"))
+            pipe.scard(self.key(run_id, ":ok"))
+            pipe.hgetall(self.key(run_id, ":failed"))
+            pipe.hgetall(self.key(run_id, ":genfailed"))
+            pipe.scard(self.key(run_id, ":expands"))
+            info, total, succeeded, failed, genfailed, expands = pipe.execute()
+        if not info:
+            return None
+        info = _decoded(info)
+        return RunState(
+            run_id=run_id, name=info.get("name", ""), created=float(info.get("created", 0)),
+            total=total, succeeded=succeeded, failed=_decoded(failed),
+            generate_failed=_decoded(genfailed), expands_pending=expands,
+            bytes=int(info.get("bytes", 0)),
+        )
+
+    def recent(self, count: int = 20) -> list[RunState]:
+        ids = self.redis.zrevrange(f"{self.prefix}runs", 0, count - 1)
+        states = [self.state(_text(run_id)) for run_id in ids]
+        return [state for state in states if state is not None]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decoded(mapping: dict) -> dict[str, str]:
+    return {_text(key): _text(value) for key, value in mapping.items()}

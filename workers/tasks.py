@@ -1,0 +1,173 @@
+"""The fleet's two tasks. Both call the one engine (`migrator.copy.copy_image`); only the
+ledger (Redis, shared) and the executor (Celery) differ from `migrator sync`.
+
+Retries are Celery's: `autoretry_for` names only the retryable branch of the error tree
+(connection faults, timeouts, 408/429/5xx), with exponential backoff and jitter; the run's
+`--retries` becomes the task's max_retries. Permanent errors fail at once, and every final
+failure lands in the run's record with its reason (`on_failure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+from celery import Task
+
+from migrator.auth import AuthFile, load_auth, merge
+from migrator.copy import ClientPool, Clients, copy_image
+from migrator.errors import RetryableError
+from migrator.fleet import (
+    EXPAND_TASK,
+    SYNC_TASK,
+    auth_from_transport,
+    job_from_args,
+    rule_from_args,
+    start_run,
+)
+from migrator.ledger import RedisLedger
+from migrator.rules import load_rules, resolve_defaults
+from migrator.runner import describe
+from migrator.runs import RunStore
+from migrator.settings import Settings, load_settings
+from workers.app import app
+from workers.schedule import START_TASK, Schedule
+
+log = logging.getLogger(__name__)
+RUN_AUTH_CACHE = 64
+
+
+class WorkerContext:
+    """What a worker process shares between its tasks: settings, Redis, the ledger, the
+    registry connections, the blob threads. Built after a fork, never inherited across one."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        settings = load_settings()
+        if settings.trust_ledger is None:  # the fleet's record is shared: trust it
+            settings = settings.model_copy(update={"trust_ledger": True})
+        self.settings: Settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.ledger = RedisLedger(self.redis, prefix=settings.redis_prefix,
+                                  lock_ttl=settings.lock_ttl, lock_wait=settings.lock_wait)
+        self.runs = RunStore(self.redis, prefix=settings.redis_prefix, ttl=settings.run_ttl)
+        self.pool = ClientPool(settings)
+        self.blob_pool = ThreadPoolExecutor(settings.blob_parallelism * 8,
+                                            thread_name_prefix="blob")
+        self.own_auth = (load_auth(settings.auth_file, environ=os.environ, required=True)
+                         if settings.auth_file else AuthFile(""))
+        self._clients: dict[str, Clients] = {}
+        self._lock = threading.Lock()
+
+    def clients(self, run_id: str) -> Clients:
+        """The run's credentials over the worker's own file, read once per run."""
+        with self._lock:
+            clients = self._clients.get(run_id)
+        if clients is None:
+            run_auth = auth_from_transport(self.runs.auth(run_id), self.settings)
+            clients = Clients(merge(self.own_auth, run_auth), self.pool)
+            with self._lock:
+                if len(self._clients) >= RUN_AUTH_CACHE:
+                    self._clients.pop(next(iter(self._clients)))
+                self._clients[run_id] = clients
+        return clients
+
+
+_context: WorkerContext | None = None
+_context_lock = threading.Lock()
+
+
+def context() -> WorkerContext:
+    global _context
+    with _context_lock:
+        if _context is None or _context.pid != os.getpid():
+            _context = WorkerContext()
+        return _context
+
+
+class RunTask(Task):
+    autoretry_for = (RetryableError,)
+    retry_backoff = True
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 3
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+        reason = describe(exc)
+        run_id = args[0]
+        if self.name == SYNC_TASK:
+            context().runs.failed(run_id, f"{args[1]} -> {args[2]}", reason)
+        else:
+            context().runs.expanded(run_id, args[1]["rule"], reason)
+        log.error("%s failed for run %s: %s", self.name, run_id, reason)
+
+
+@app.task(bind=True, base=RunTask, name=SYNC_TASK)
+def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str = "",
+               retries: int = 3) -> None:
+    """Copy one image (tag or digest) into the target."""
+    self.override_max_retries = retries
+    ctx = context()
+    job = job_from_args(source, target, rule)
+    result = copy_image(job, clients=ctx.clients(run_id), ledger=ctx.ledger,
+                        settings=ctx.settings, blob_pool=ctx.blob_pool)
+    ctx.runs.succeeded(run_id, f"{source} -> {target}", result.bytes_copied)
+
+
+@app.task(bind=True, base=RunTask, name=EXPAND_TASK)
+def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3) -> None:
+    """List a source's tags and send one `sync_image` per tag the rule selects."""
+    self.override_max_retries = retries
+    ctx = context()
+    parsed = rule_from_args(rule)
+    client = ctx.clients(run_id).get(parsed.source.registry, parsed.source.repository)
+    jobs = parsed.jobs(client.list_tags(parsed.source.repository))
+    keys = [str(job) for job in jobs]
+    ctx.runs.add_jobs(run_id, keys)
+    # Send every job not finished yet, not only the new ones: if this task is a redelivery
+    # after a crash between recording and sending, its jobs must still be sent. A job sent
+    # twice is harmless (copies are idempotent and counted once).
+    unfinished = ctx.runs.unfinished(run_id, keys)
+    for job in jobs:
+        if str(job) in unfinished:
+            sync_image.apply_async(args=[run_id, str(job.source), str(job.target)],
+                                   kwargs={"rule": job.rule, "retries": retries})
+    ctx.runs.expanded(run_id, rule["rule"])
+
+
+def send(name: str, args: list, kwargs: dict) -> None:
+    app.send_task(name, args=args, kwargs=kwargs)
+
+
+@app.task(name=START_TASK)
+def start_scheduled_run(schedule: dict) -> str | None:
+    """Fired by celery beat: start a run of one schedule unless its last run is in flight."""
+    ctx = context()
+    entry = Schedule(**schedule)
+    last_key = f"{ctx.settings.redis_prefix}schedule:{entry.name}:run"
+    # One firing at a time per schedule, even with two beats by mistake.
+    if not ctx.redis.set(f"{last_key}:lock", os.getpid(), nx=True, ex=60):
+        log.warning("schedule %s: another firing is starting a run; skipped", entry.name)
+        return None
+    try:
+        last = ctx.redis.get(last_key)
+        state = ctx.runs.state(last.decode()) if last else None
+        if state is not None and not state.finished:
+            log.warning("schedule %s: run %s still in flight; this firing is skipped",
+                        entry.name, state.run_id)
+            return None
+        auth = load_auth(entry.auth, environ=os.environ, required=True) if entry.auth else (
+            AuthFile(""))
+        registry, namespace = resolve_defaults(entry.registry, entry.namespace, os.environ)
+        rules = load_rules(entry.images, default_registry=registry, default_namespace=namespace)
+        started = start_run(rules, auth, ctx.settings, store=ctx.runs, send=send,
+                            name=f"schedule {entry.name}", retries=entry.retries)
+        ctx.redis.set(last_key, started.run_id, ex=ctx.settings.run_ttl)
+        log.info("schedule %s: started run %s with %d tasks", entry.name, started.run_id,
+                 started.tasks)
+        return started.run_id
+    finally:
+        ctx.redis.delete(f"{last_key}:lock")
