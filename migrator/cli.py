@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from migrator import __version__
 from migrator.auth import AuthFile, load_auth
-from migrator.errors import ConfigError
+from migrator.errors import ClusterError, ConfigError
 from migrator.kube import add_config_parser
 from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
 from migrator.rules import Rule, load_rules, resolve_defaults
@@ -194,7 +194,7 @@ def run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print("nothing was written: fix the input above and run again", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except kube.ClusterError as exc:
+    except ClusterError as exc:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         print("nothing was written", file=sys.stderr)

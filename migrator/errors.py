@@ -7,6 +7,10 @@
     │   ├── ManifestUnsupported  schema1 and other formats we refuse to copy
     │   └── BlobUnknownOnPush    manifest PUT refused because blobs are missing
     ├── DigestMismatch           bytes did not hash to the digest that named them
+    ├── ClusterError             the Kubernetes API server could not be used (`migrator config`)
+    │   ├── ClusterUnreachable   no HTTP answer: refused, timed out, TLS verification failed
+    │   ├── ClusterUnauthorized  401: the credentials were not accepted
+    │   └── ClusterForbidden     403 on some lists: `missing` names each verb and resource
     └── RetryableError           worth another try: the only branch retried automatically
         ├── TransportError       connection reset, refused, timed out, TLS handshake
         └── RetryableStatus      408, 429, 5xx (also a RegistryError)
@@ -17,7 +21,7 @@ printed without userinfo or query string secrets, and no header is ever formatte
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class MigratorError(Exception):
@@ -107,3 +111,27 @@ class RetryableStatus(RetryableError, RegistryError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
         self.retry_after = retry_after
         RegistryError.__init__(self, message, **kwargs)
+
+
+class ClusterError(MigratorError):
+    """The API server could not be used. `lines`: one line each, written for a person."""
+
+    def __init__(self, lines: str | Iterable[str]) -> None:
+        self.lines: list[str] = [lines] if isinstance(lines, str) else list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+class ClusterUnreachable(ClusterError):
+    """No HTTP answer: refused, timed out, name not resolved, TLS verification failed."""
+
+
+class ClusterUnauthorized(ClusterError):
+    """401: the API server did not accept the credentials."""
+
+
+class ClusterForbidden(ClusterError):
+    """403 on one or more lists: `missing` names each verb and resource refused."""
+
+    def __init__(self, lines: Iterable[str], missing: Sequence[object]) -> None:
+        self.missing = list(missing)
+        super().__init__(lines)

@@ -24,14 +24,20 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
 from migrator.documents import SCHEME, load_document, quote
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import (
+    ClusterError,
+    ClusterForbidden,
+    ClusterUnauthorized,
+    ClusterUnreachable,
+    ConfigError,
+)
 from migrator.reference import (
     Reference,
     ReferenceError,
@@ -50,33 +56,6 @@ PAGE_SIZE = 500  # kubectl's --chunk-size default
 REQUEST_TIMEOUT = 30.0
 MAX_LIST_RESTARTS = 3
 NAMESPACE_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123 label
-
-
-# -- errors ------------------------------------------------------------------------------------
-
-
-class ClusterError(MigratorError):
-    """The API server could not be used. `lines`: one line each, written for a person."""
-
-    def __init__(self, lines: str | Iterable[str]) -> None:
-        self.lines: list[str] = [lines] if isinstance(lines, str) else list(lines)
-        super().__init__("\n".join(self.lines))
-
-
-class ClusterUnreachable(ClusterError):
-    """No HTTP answer: refused, timed out, name not resolved, TLS verification failed."""
-
-
-class ClusterUnauthorized(ClusterError):
-    """401: the API server did not accept the credentials."""
-
-
-class ClusterForbidden(ClusterError):
-    """403 on one or more lists: `missing` names each verb and resource refused."""
-
-    def __init__(self, lines: Iterable[str], missing: Sequence[Permission]) -> None:
-        self.missing = list(missing)
-        super().__init__(lines)
 
 
 # -- what is read ------------------------------------------------------------------------------
@@ -285,16 +264,12 @@ def connect(
             raise ConfigError(f"in-cluster service account: {exc}") from None
         return Connection(client.ApiClient(configuration), "the pod's service account")
 
-    try:
-        contexts, current = config.list_kube_config_contexts(config_file=path)
-    except (ConfigException, *_KUBECONFIG_ERRORS) as exc:
-        raise ConfigError(f"kubeconfig {path}: cannot read it: {exc}") from None
-    names = [str(item.get("name")) for item in contexts or ()]
+    names, current = kubeconfig_contexts(path)
     known = ", ".join(names) or "none"
     if context and context not in names:
         raise ConfigError(f"kubeconfig {path}: unknown context {quote(context)} "
                           f"(known contexts: {known})")
-    chosen = context or (current or {}).get("name")
+    chosen = context or current
     if not chosen:
         raise ConfigError(f"kubeconfig {path}: no current-context: pass --context "
                           f"(known contexts: {known})")
@@ -303,8 +278,35 @@ def connect(
         api_client = config.new_client_from_config(
             config_file=path, context=chosen, persist_config=False)
     except (ConfigException, *_KUBECONFIG_ERRORS) as exc:
-        raise ConfigError(f"kubeconfig {path}, context {quote(chosen)}: {exc}") from None
+        raise ConfigError(f"kubeconfig {path}, context {quote(chosen)}: {_one_line(exc)}"
+                          ) from None
     return Connection(api_client, f"context {quote(chosen)} of {path}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def kubeconfig_contexts(path: str) -> tuple[list[str], str | None]:
+    """The context names of a kubeconfig (several files joined by os.pathsep, merged as
+    kubectl merges them: the first file to name a context or a current-context wins)."""
+    names: list[str] = []
+    current: str | None = None
+    for name in path.split(os.pathsep):
+        try:
+            with open(name, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"kubeconfig {name}: cannot read it: {_one_line(exc)}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"kubeconfig {name}: not a kubeconfig (expected a mapping with "
+                              "clusters, users and contexts)")
+        for item in data.get("contexts") or ():
+            if isinstance(item, Mapping) and item.get("name") and item["name"] not in names:
+                names.append(str(item["name"]))
+        current = current or (str(data["current-context"]) if data.get("current-context")
+                              else None)
+    return names, current
 
 
 # -- scanning ----------------------------------------------------------------------------------
@@ -333,7 +335,8 @@ def _transport_problem(host: str, exc: BaseException) -> ClusterUnreachable:
 
 
 class _Lister:
-    """Calls one list method page by page, turning failures into ClusterErrors."""
+    """The API calls of a scan: raw JSON, lists page by page, transport failures as
+    ClusterUnreachable. HTTP statuses stay ApiExceptions for the caller to judge."""
 
     def __init__(self, api_client: ApiClient, page_size: int, request_timeout: float) -> None:
         self.api_client = api_client
@@ -411,7 +414,8 @@ def scan(
     lister = _Lister(api_client, page_size, request_timeout)
     forbidden: list[tuple[Permission, str]] = []
 
-    def refused(exc: ApiException, permission: Permission) -> bool:
+    def forbidden_here(exc: ApiException, permission: Permission) -> bool:
+        """Record a 403 and go on; a 401 ends the scan (no other list would succeed)."""
         if exc.status == 401:
             raise ClusterUnauthorized(
                 f"the API server {lister.host} refused the credentials (401 Unauthorized): "
@@ -433,7 +437,7 @@ def scan(
                     continue
                 names.extend(str((item.get("metadata") or {}).get("name")) for item in page)
         except ApiException as exc:
-            if not refused(exc, Permission("list", NAMESPACES)):
+            if not forbidden_here(exc, Permission("list", NAMESPACES)):
                 raise _unexpected(lister.host, exc, f"list {NAMESPACES.qualified}") from None
         result = ScanResult(namespaces=sorted(set(names)))
     else:
@@ -457,10 +461,11 @@ def scan(
                     else:
                         seen.extend(page)
             except ApiException as exc:
-                if refused(exc, Permission("list", resource, namespace)):
+                if forbidden_here(exc, Permission("list", resource, namespace)):
                     continue
-                if exc.status == 404 and namespace is None:
-                    # An old or trimmed API server without this kind: nothing of it to read.
+                if exc.status == 404:
+                    # The server does not serve this kind (an empty or missing namespace
+                    # answers 200 with no items): nothing of it to read.
                     result.unserved.append(resource)
                     break
                 raise _unexpected(lister.host, exc, f"list {resource.qualified}") from None
@@ -625,12 +630,38 @@ def plan(
 ) -> Plan:
     """Rules for `images` into `repo` (already checked by `parse_repo`).
 
-    Deterministic: sources are handled in sorted order. `existing` (raw entries of the file
-    being merged into) and `existing_rules` (the same, parsed) always win: they are kept as
-    they are and claim their targets first.
+    Deterministic: sources are handled in sorted order, so the first source in that order
+    keeps a contested target. `existing` (raw entries of the file merged into) and
+    `existing_rules` (the same, parsed) always win: kept as they are, they claim their
+    targets first.
     """
-    skipped: list[Skipped] = []
+    found, skipped = _normalise(images)
+    total = len(found) + len(skipped)
+    skipped += _leave_out(found, repo, include_old_revisions)
+    targets, conflicts, unnamed = _claim_repositories(found, repo, keep_namespace,
+                                                      existing_rules)
+    skipped += unnamed
+    existing = existing or {}
+    added, present, notes, tag_conflicts = _claim_tags(found, targets, existing,
+                                                       existing_rules)
+    rules: dict[str, str | list[str] | None] = {**existing, **added}
+    return Plan(
+        rules=dict(sorted(rules.items())),
+        added=dict(sorted(added.items())),
+        images=total,
+        present=present,
+        skipped=skipped,
+        conflicts=conflicts + tag_conflicts,
+        notes=notes,
+    )
+
+
+def _normalise(
+    images: Mapping[str, Sequence[Sighting]],
+) -> tuple[dict[Reference, list[Sighting]], list[Skipped]]:
+    """Images as `docker pull` reads them, spellings of one image folded together."""
     found: dict[Reference, list[Sighting]] = {}
+    skipped: list[Skipped] = []
     for image in sorted(images):
         seen = list(images[image])
         if not image:
@@ -642,33 +673,46 @@ def plan(
             skipped.append(Skipped(image, f"not a valid image reference: {exc}", tuple(seen)))
             continue
         found.setdefault(reference, []).extend(seen)
-    total = len(found) + len(skipped)
+    # `repo@sha256:x` is copied anyway by `repo:tag@sha256:x`, which also writes the tag.
+    tagged_pins = {(r.name, r.digest): r for r in sorted(found, key=str, reverse=True)
+                   if r.digest and r.tag}
+    for reference in [r for r in found if r.digest and not r.tag]:
+        tagged = tagged_pins.get((reference.name, reference.digest))
+        if tagged is not None:
+            found[tagged].extend(found.pop(reference))
+    return found, skipped
 
+
+def _leave_out(
+    found: dict[Reference, list[Sighting]], repo: str, include_old_revisions: bool
+) -> list[Skipped]:
+    """Take out (and report) the images that get no rule. Changes `found`."""
+    skipped = []
     for reference in sorted(found, key=str):
-        seen = found[reference]
+        seen = tuple(found[reference])
         if _in_repo(reference, repo):
-            skipped.append(Skipped(str(reference), f"already in the target {repo}", tuple(seen)))
-            del found[reference]
+            reason = f"already in the target {repo}"
         elif "/" not in reference.repository:
             # Rule 3 of the images file: a source names registry/namespace/repository.
-            skipped.append(Skipped(
-                str(reference), "no namespace between registry and repository: the images "
-                "file cannot name it as a source (registry/namespace/repository); copy it "
-                "another way", tuple(seen)))
-            del found[reference]
+            reason = ("no namespace between registry and repository: the images file cannot "
+                      "name it as a source (registry/namespace/repository); copy it another "
+                      "way")
         elif not include_old_revisions and all(s.old_revision for s in seen):
-            skipped.append(Skipped(
-                str(reference), "only in past revisions of a Deployment (ReplicaSets scaled "
-                "to 0): --include-old-revisions copies them too", tuple(seen)))
-            del found[reference]
+            reason = ("only in past revisions of a Deployment (ReplicaSets scaled to 0): "
+                      "--include-old-revisions copies them too")
+        else:
+            continue
+        skipped.append(Skipped(str(reference), reason, seen))
+        del found[reference]
+    return skipped
 
-    # `repo@sha256:x` is copied anyway by `repo:tag@sha256:x`, which also writes the tag.
-    tagged_pins = {(r.name, r.digest) for r in found if r.digest and r.tag}
-    for reference in [r for r in found if r.digest and not r.tag]:
-        if (reference.name, reference.digest) in tagged_pins:
-            del found[reference]
 
-    # Repository level: one target repository takes one source repository.
+def _claim_repositories(
+    found: Mapping[Reference, list[Sighting]], repo: str, keep_namespace: bool,
+    existing_rules: Sequence[Rule],
+) -> tuple[dict[str, str], list[Conflict], list[Skipped]]:
+    """Source repository → target repository, one source per target: the existing file's
+    rules first, then the sources in sorted order. Returns (targets, conflicts, skipped)."""
     claims: dict[str, str] = {}
     for rule in existing_rules:
         claims.setdefault(rule.target.name, rule.source.name)
@@ -676,30 +720,35 @@ def plan(
     for reference in sorted(found, key=str):
         by_name.setdefault(reference.name, []).append(reference)
     targets: dict[str, str] = {}
+    skipped: list[Skipped] = []
     dropped: dict[tuple[str, str], list[str]] = {}
-    conflict_seen: dict[tuple[str, str], list[Sighting]] = {}
+    where: dict[tuple[str, str], list[Sighting]] = {}
     for name, references in sorted(by_name.items()):
         try:
             target = target_repository(references[0], repo, keep_namespace=keep_namespace)
         except ReferenceError as exc:
-            for reference in references:
-                skipped.append(Skipped(str(reference), f"no valid target name: {exc}",
-                                       tuple(found[reference])))
+            skipped += [Skipped(str(r), f"no valid target name: {exc}", tuple(found[r]))
+                        for r in references]
             continue
         owner = claims.setdefault(target, name)
-        if owner != name:
-            dropped.setdefault((target, owner), []).append(name)
-            for reference in references:
-                conflict_seen.setdefault((target, owner), []).extend(found[reference])
+        if owner == name:
+            targets[name] = target
             continue
-        targets[name] = target
-    conflicts = [
-        Conflict(target, owner, tuple(names), tuple(conflict_seen[(target, owner)]))
-        for (target, owner), names in sorted(dropped.items())
-    ]
+        dropped.setdefault((target, owner), []).append(name)
+        for reference in references:
+            where.setdefault((target, owner), []).extend(found[reference])
+    conflicts = [Conflict(target, owner, tuple(names), tuple(where[(target, owner)]))
+                 for (target, owner), names in sorted(dropped.items())]
+    return targets, conflicts, skipped
 
-    # Tag level: a target tag is written from one source only (what the rules loader checks).
-    writes: dict[str, str] = {}
+
+def _claim_tags(
+    found: Mapping[Reference, list[Sighting]], targets: Mapping[str, str],
+    existing: Mapping[str, Any], existing_rules: Sequence[Rule],
+) -> tuple[dict[str, str], int, list[str], list[Conflict]]:
+    """One rule per image; a target tag written from one source only, as the rules loader
+    demands. Returns (added rules, images the existing file covers, notes, conflicts)."""
+    writes: dict[str, str] = {}  # target tag -> the source that writes it
     for rule in existing_rules:
         if not rule.needs_tag_list:
             for job in rule.jobs():
@@ -707,8 +756,8 @@ def plan(
                     writes.setdefault(f"{job.target.name}:{job.target.tag}", str(job.source))
     added: dict[str, str] = {}
     notes: list[str] = []
+    conflicts: list[Conflict] = []
     present = 0
-    existing = existing or {}
     # Unpinned tags first: `nginx:1.25` keeps the tag; a pinned `nginx:1.25@sha256:…` seen too
     # is then copied by digest only, so neither overwrites the other.
     ordered = sorted((r for r in found if r.name in targets),
@@ -727,8 +776,7 @@ def plan(
         if writer == source or (reference.digest is None
                                 and _covered_by(existing_rules, reference, target_name)):
             present += 1  # the existing file copies it already
-            continue
-        if writer is None:
+        elif writer is None:
             writes[target] = source
             added[source] = target
         elif reference.digest is not None:
@@ -738,18 +786,7 @@ def plan(
                          f"is copied by digest only ({target_name}@{reference.digest})")
         else:
             conflicts.append(Conflict(target, writer, (source,), tuple(found[reference])))
-
-    rules: dict[str, str | list[str] | None] = dict(existing)
-    rules.update(added)
-    return Plan(
-        rules=dict(sorted(rules.items())),
-        added=dict(sorted(added.items())),
-        images=total,
-        present=present,
-        skipped=skipped,
-        conflicts=conflicts,
-        notes=notes,
-    )
+    return added, present, notes, conflicts
 
 
 # -- the file ----------------------------------------------------------------------------------
@@ -964,8 +1001,12 @@ def run_config(args: argparse.Namespace, environ: Mapping[str, str], err: IO[str
 
     # The file must be one `migrator sync` accepts: check it with the same loader.
     registry, namespace = _defaults(repo, environ)
-    parse_rules(outcome.rules, filename=output, default_registry=registry,
-                default_namespace=namespace)
+    try:
+        parse_rules(outcome.rules, filename=output, default_registry=registry,
+                    default_namespace=namespace)
+    except ConfigError as exc:
+        raise ConfigError([f"the rules made from the cluster do not load (a bug, please report "
+                           f"it): {problem}" for problem in exc.problems]) from None
     text = render(outcome.rules, as_yaml=not to_stdout and is_yaml(output))
     if to_stdout:
         sys.stdout.write(text)
@@ -982,24 +1023,3 @@ def run_config(args: argparse.Namespace, environ: Mapping[str, str], err: IO[str
         print(f"wrote {_plural(len(outcome.rules), 'rule')} to {output}", file=err)
     return complete
 
-
-__all__ = [
-    "ClusterError",
-    "ClusterForbidden",
-    "ClusterUnauthorized",
-    "ClusterUnreachable",
-    "Connection",
-    "Plan",
-    "ScanResult",
-    "Sighting",
-    "add_config_parser",
-    "check_namespaces",
-    "connect",
-    "images_of",
-    "parse_namespaces",
-    "parse_repo",
-    "plan",
-    "render",
-    "run_config",
-    "scan",
-]

@@ -49,9 +49,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None, description="Fernet key shared by producer and workers to seal run credentials")
     visibility_timeout: int = Field(
-        4 * 3600, ge=60, description="seconds before Redis hands an unacknowledged task to "
+        4 * 3600, ge=5, description="seconds before Redis hands an unacknowledged task to "
         "another worker; keep it above the longest copy")
-    lock_ttl: float = Field(60.0, gt=0, description="seconds a crashed worker keeps a blob lock")
+    lock_ttl: float = Field(15.0, gt=0, description="seconds a crashed worker keeps a blob lock")
     lock_wait: float = Field(3600.0, gt=0, description="longest wait for another's blob upload")
     run_ttl: int = Field(30 * 86400, ge=60, description="seconds a run's record is kept")
     schedule_file: str | None = Field(None, description="YAML schedule read by celery beat")

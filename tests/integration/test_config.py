@@ -123,7 +123,7 @@ def config(tmp_path: Path, kubeconfig: Path, capsys: pytest.CaptureFixture[str])
 
 
 def jobs_of(path: Path) -> list[str]:
-    rules = load_rules(path, default_registry=None, default_namespace=None)
+    rules = load_rules(path, default_registry="registry.example.com", default_namespace="test")
     return sorted(str(job) for rule in rules for job in rule.jobs())
 
 
@@ -153,8 +153,9 @@ def test_writes_a_rule_for_every_image_of_every_workload(config: Config, api: k.
     assert any(line.startswith("skipped 'docker.io/library/nginx:1.24' (in replicaset "
                                "web/front-6c7f8 (container app)): only in past revisions")
                for line in lines)
-    assert any(line.startswith("skipped 'registry.k8s.io/kube-proxy:v1.30.2' (in daemonset "
-                               "kube-system/kube-proxy (container kube-proxy) and 1 more): "
+    assert any(line.startswith("skipped 'registry.k8s.io/kube-proxy:v1.30.2' (in pod "
+                               "kube-system/kube-proxy-7xk2v (container kube-proxy) and 1 "
+                               "more): "
                                "no namespace between registry and repository")
                for line in lines)
     assert lines[-1] == f"wrote 12 rules to {config.output}"
@@ -191,11 +192,11 @@ def test_pages_through_large_lists_with_continue(config: Config, api: k.FakeKube
 
 def test_a_list_whose_continue_token_expired_starts_over(config: Config, api: k.FakeKubeAPI):
     api.expire_continue = 1
-    code, _, err = config("--chunk-size", "3")
+    code, _, err = config("--chunk-size", "5")  # namespaces fit one page, pods take two
     assert code == EXIT_OK, err
     pods = api.lists("pods")
-    # First page, a 410 on the second, then the whole list again: 1 + 1 + 3 requests.
-    assert ["continue" in r.query for r in pods] == [False, True, False, True, True]
+    # First page, a 410 on the second, then the whole list again.
+    assert ["continue" in r.query for r in pods] == [False, True, False, True]
     assert config.written() == EXPECTED
     assert "7 Pod," in err  # what was read before the restart is not counted twice
 
@@ -226,6 +227,19 @@ def test_a_namespace_that_does_not_exist_is_bad_input(config: Config, api: k.Fak
     assert "error: -n/--namespaces: namespace 'wbe' does not exist in the cluster" in err
     assert not config.output.exists()
     assert not api.lists("pods")  # nothing was scanned
+
+
+def test_without_get_namespaces_the_namespace_check_is_skipped(config: Config,
+                                                               api: k.FakeKubeAPI,
+                                                               tmp_path: Path):
+    api.tokens["team-token"] = "team-batch"  # a user with RoleBindings in a few namespaces
+    api.forbid("team-token", "namespaces", verb="get")
+    team = api.write_kubeconfig(tmp_path / "team", {"team": "team-token"})
+    code, _, err = config("-k", str(team), "-n", "batch")
+    assert code == EXIT_OK, err
+    assert ("/api/v1/namespaces/batch", 403) in api.answers
+    assert set(config.written()) == {f"ghcr.io/acme/migrate@{MIGRATE_PIN}",
+                                     "quay.io/acme/report:1.4", "quay.io/acme/report-init:1.4"}
 
 
 # --- what a user can act on -------------------------------------------------------------------
@@ -275,7 +289,8 @@ def test_an_unreachable_api_server_is_reported(config: Config, api: k.FakeKubeAP
 
 def test_an_api_server_certificate_from_another_ca_is_refused(config: Config, api: k.FakeKubeAPI,
                                                               tmp_path: Path):
-    other_ca, _, _ = k.make_tls(tmp_path / ".." / tmp_path.name)
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = k.make_tls(tmp_path / "other")
     wrong = api.write_kubeconfig(tmp_path / "wrong-ca", {"admin": ADMIN}, ca_pem=other_ca)
     code, _, err = config("-k", str(wrong))
     assert code == EXIT_FAILED
@@ -358,17 +373,33 @@ def test_merge_keeps_existing_entries_and_reports_the_new_ones(config: Config):
     assert "found 16 images: 10 new rules, 2 already in the file, 0 conflicts, 4 skipped" in err
     assert f"merged into {config.output}: 3 existing entries kept, 10 added" in err
     assert f"added ghcr.io/acme/api:2.1.0 -> {REPO}/api:2.1.0" in err.splitlines()
-    jobs_of(config.output)  # still a valid rules file
+    rules = load_rules(config.output, default_registry="registry.example.com",
+                       default_namespace="test")  # still a file `migrator sync` accepts
+    assert len(rules) == 3 + 10
 
     code, _, err = config("--merge")  # a second run finds nothing new
     assert code == EXIT_OK
     assert f"nothing new: {config.output} left as it was" in err
 
 
-def test_force_and_merge_exclude_each_other(config: Config):
+def test_force_and_merge_exclude_each_other(config: Config,
+                                            capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as info:
         config("--force", "--merge")
-    assert info.value.code == EXIT_BAD_INPUT
+    assert info.value.code == EXIT_BAD_INPUT  # argparse's usage error
+    assert "--merge: not allowed with argument --force" in capsys.readouterr().err
+
+
+def test_a_kind_the_server_does_not_serve_is_noted_and_skipped(config: Config,
+                                                              api: k.FakeKubeAPI):
+    api.unserved.add("cronjobs")  # as a server from before batch/v1 CronJobs
+    code, _, err = config("-n", "batch,web")
+    assert code == EXIT_OK, err
+    assert "note: the API server does not serve cronjobs.batch: none read" in err
+    assert len(api.lists("cronjobs")) == 1  # not asked again for the next namespace
+    written = config.written()
+    assert "quay.io/acme/report:1.4" not in written
+    assert f"ghcr.io/acme/migrate@{MIGRATE_PIN}" in written
 
 
 def test_yaml_output_when_the_name_says_so(config: Config, tmp_path: Path):
@@ -378,6 +409,13 @@ def test_yaml_output_when_the_name_says_so(config: Config, tmp_path: Path):
     text = output.read_text()
     assert text.startswith("docker.io/fluent/fluent-bit:3.0.7: registry.example.com/test/")
     assert len(jobs_of(output)) == len(EXPECTED)
+
+
+def test_past_revisions_on_request(config: Config):
+    code, _, err = config("--include-old-revisions", "-n", "web")
+    assert code == EXIT_OK, err
+    assert config.written()["docker.io/library/nginx:1.24"] == f"{REPO}/nginx:1.24"
+    assert "past revisions" not in err
 
 
 def test_output_to_stdout(config: Config):

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
+import socket
 import ssl
 import threading
 import uuid
@@ -383,7 +384,9 @@ class FakeKubeAPI:
     tokens: dict[str, str] = field(default_factory=dict)
     objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    answers: list[tuple[str, int]] = field(default_factory=list)  # (path, status) sent
     expire_continue: int = 0  # this many continued lists get 410 Expired
+    unserved: set[str] = field(default_factory=set)  # plurals answered 404, as by old servers
     _denied: set[tuple[str, str, str]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _version: int = 1000
@@ -398,7 +401,8 @@ class FakeKubeAPI:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         api._server = _Server(("127.0.0.1", 0), _handler(api), context)
-        api._thread = threading.Thread(target=api._server.serve_forever, daemon=True)
+        api._thread = threading.Thread(target=api._server.serve_forever, args=(0.05,),
+                                       daemon=True)
         api._thread.start()
         return api
 
@@ -516,6 +520,9 @@ class _Server(ThreadingHTTPServer):
         # The TLS handshake happens in the handler's thread, on the first read, so that a
         # client refusing the certificate cannot stall the accept loop.
         sock, address = self.socket.accept()
+        # Headers and body go out in separate writes: without NODELAY each response would
+        # wait out the client's delayed ACK (~40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self.context.wrap_socket(sock, server_side=True,
                                         do_handshake_on_connect=False), address
 
@@ -554,6 +561,8 @@ def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
 
         def reply(self, code: int, body: Mapping[str, Any]) -> None:
             data = json.dumps(body).encode()
+            with api._lock:
+                api.answers.append((urlsplit(self.path).path, code))
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -573,7 +582,7 @@ def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 self.reply(401, status(401, "Unauthorized", "Unauthorized"))
                 return
             route = _route(parts.path)
-            if route is None:
+            if route is None or route[0].plural in api.unserved:
                 self.reply(404, status(404, "NotFound",
                                        "the server could not find the requested resource"))
                 return

@@ -17,6 +17,7 @@ from migrator.kube import (
     Sighting,
     find_kubeconfig,
     images_of,
+    kubeconfig_contexts,
     parse_namespaces,
     parse_repo,
     plan,
@@ -361,6 +362,21 @@ def test_kubeconfig_is_found_as_kubectl_finds_it(tmp_path: Path):
         find_kubeconfig(missing, env, str(sa))
     with pytest.raises(ConfigError, match="KUBECONFIG=.*: no such file"):
         find_kubeconfig(None, {**in_pod, "KUBECONFIG": missing}, str(sa))
+
+
+def test_contexts_of_several_kubeconfig_files_are_merged_as_kubectl_does(tmp_path: Path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.write_text(yaml.safe_dump({"contexts": [{"name": "dev", "context": {}}],
+                                     "current-context": "dev"}))
+    second.write_text(yaml.safe_dump({"contexts": [{"name": "prod", "context": {}},
+                                                   {"name": "dev", "context": {}}],
+                                      "current-context": "prod"}))
+    assert kubeconfig_contexts(f"{first}:{second}") == (["dev", "prod"], "dev")
+    second.write_text("contexts: [oops")
+    with pytest.raises(ConfigError) as info:
+        kubeconfig_contexts(str(second))
+    assert "\n" not in info.value.problems[0]  # one line, however YAML words it
+    assert info.value.problems[0].startswith(f"kubeconfig {second}: cannot read it: ")
 
 
 # --- the file and the report ------------------------------------------------------------------
