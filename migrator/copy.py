@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from migrator.auth import AuthFile, RegistryAuth
-from migrator.errors import BlobUnknownOnPush, DigestMismatch, RegistryError
+from migrator.errors import (
+    AuthError,
+    BlobUnknownOnPush,
+    DigestMismatch,
+    RegistryError,
+    RetryableError,
+)
 from migrator.ledger import Ledger, ManifestRecord
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import Descriptor, Manifest
@@ -128,8 +134,14 @@ class _ImageCopy:
 
     def run(self) -> CopyResult:
         job = self.job
+        manifest: Manifest | None = None
         if job.source.digest:
             source_digest = job.source.digest
+        elif self.ledger.manifest(target_key(job, "")) is None:
+            # Nothing on record: the manifest will most likely be needed, and one GET gives
+            # both its digest and its bytes where a HEAD and a GET would be two requests.
+            manifest = self.src.get_manifest(self.src_repo, job.source.manifest_ref)
+            source_digest = manifest.digest
         else:
             head = self.src.head_manifest(self.src_repo, job.source.manifest_ref)
             if head is None:
@@ -149,7 +161,8 @@ class _ImageCopy:
             self.ledger.record_manifest(key, ManifestRecord(source_digest, head[0]))
             return self._up_to_date(head[0])
 
-        manifest = self.src.get_manifest(self.src_repo, source_digest)
+        if manifest is None:
+            manifest = self.src.get_manifest(self.src_repo, source_digest)
         self._copy_manifest_content(manifest, depth=0)
         target_digest = self._put(manifest, target_ref)
         if target_digest != source_digest:
@@ -232,13 +245,32 @@ class _ImageCopy:
                     self.ledger.add_blob(registry, digest, self.dst_repo)
                     self.result.count("mounted")
                     return
-            elif self.dst.blob_exists(self.dst_repo, digest):
-                self.ledger.add_blob(registry, digest, self.dst_repo)
-                self.result.count("skipped")
-                return
+            else:
+                present, upload_url = self._probe(digest)
+                if present:
+                    self.ledger.add_blob(registry, digest, self.dst_repo)
+                    self.result.count("skipped")
+                    return
             self._upload(blob, upload_url)
             self.ledger.add_blob(registry, digest, self.dst_repo)
             self.result.count("copied", blob.size)
+
+    def _probe(self, digest: str) -> tuple[bool, str | None]:
+        """Whether the target repository holds a blob, and an upload session if it does not.
+
+        A mount from the repository itself answers both in one request (201 when the blob is
+        there, 202 with a session when not) where HEAD + POST would be two. A registry that
+        refuses such a mount gets the HEAD.
+        """
+        if self.settings.mount_probe:
+            try:
+                upload_url = self.dst.mount_blob(self.dst_repo, digest, self.dst_repo)
+                return upload_url is None, upload_url
+            except (RegistryError, AuthError) as exc:
+                if isinstance(exc, RetryableError):
+                    raise
+                log.debug("mount probe refused (%s); using HEAD", exc)
+        return self.dst.blob_exists(self.dst_repo, digest), None
 
     def _upload(self, blob: Descriptor, upload_url: str | None) -> None:
         """Stream one blob source → target; a fresh upload session on every try."""

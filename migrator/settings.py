@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = Field(4 << 20, ge=1024, description="largest manifest accepted")
     max_tag_pages: int = Field(1000, ge=1, description="tag-list pages followed at most")
     tag_page_size: int = Field(1000, ge=1, description="tags asked for per tag-list page")
+    mount_probe: bool = Field(
+        True, description="ask for a blob with a mount from the target repository itself "
+        "(one request for HEAD + POST); a registry that refuses it gets a HEAD")
     trust_ledger: bool | None = Field(
         None, description="skip the target HEAD when the ledger vouches for a tag; unset: "
         "trusted by the fleet (its record is shared), verified by `migrator sync`")
