@@ -31,17 +31,18 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 class Fleet:
     """Worker processes plus the producer's environment, for one test."""
 
-    def __init__(self, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(self, workdir: Path, capsys: pytest.CaptureFixture[str],
+                 redis_url: str = REDIS_URL) -> None:
         self.dir = workdir
         self.capsys = capsys
         self.env = {
-            "MIGRATOR_REDIS_URL": REDIS_URL,
+            "MIGRATOR_REDIS_URL": redis_url,
             "MIGRATOR_BACKOFF_INITIAL": "0.05",
             "MIGRATOR_VISIBILITY_TIMEOUT": "8",
             "MIGRATOR_LOCK_TTL": "2",
         }
         self.workers: dict[str, subprocess.Popen] = {}
-        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.redis = redis.Redis.from_url(redis_url)
 
     def start_worker(self, name: str, *, concurrency: int = 4, pool: str = "threads",
                      extra_env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -316,3 +317,55 @@ def test_a_worker_without_the_key_fails_the_run_with_a_clear_reason(fleet, sourc
         "MIGRATOR_SECRET_KEY": Fernet.generate_key().decode()})
     assert code == 1
     assert "MIGRATOR_SECRET_KEY" in err
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path):
+    """A Redis of the test's own that wants TLS (a CA made here) and a password."""
+    import socket
+
+    from tests.support.registry import _make_tls_files
+
+    ca = _make_tls_files(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    password = "redis-" + os.urandom(8).hex()
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(tmp_path / "server.crt"),
+         "--tls-key-file", str(tmp_path / "server.key"), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--requirepass", password, "--save", "",
+         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+    yield url, password
+    process.kill()
+    process.wait()
+
+
+def test_fleet_over_redis_with_tls_and_a_password(tmp_path, capsys, tls_redis, source_registry,
+                                                  target_registry):
+    url, password = tls_redis
+    fleet = Fleet(tmp_path, capsys, redis_url=url)
+    try:
+        image = push_image(source_registry, "ns/tls", "1", layers=[make_layer(4096, 14)])
+        fleet.write({f"{source_registry.host}/ns/tls:1": f"{target_registry.host}/copy/tls"},
+                    insecure(source_registry, target_registry))
+        fleet.start_worker("w1")
+        code, out, err = fleet.enqueue("--wait", "--timeout", "60")
+        assert code == EXIT_OK, err + fleet.log("w1")
+        assert get_manifest(target_registry, "copy/tls", "1")[2] == image.digest
+        assert password not in out + err + fleet.log("w1")
+    finally:
+        fleet.stop_all()
