@@ -855,6 +855,8 @@ def _defaults(repo: str, environ: Mapping[str, str]) -> tuple[str, str]:
 
 def add_config_parser(commands: Any) -> argparse.ArgumentParser:
     """The `config` subcommand (image-migrator's flags, plus what conflicts and merges need)."""
+    from migrator.cli import positive_float, positive_int  # cli imports this module
+
     parser = commands.add_parser(
         "config", help="write the images a Kubernetes cluster runs as a rules file",
         description="List the images used by workloads in a Kubernetes cluster and write them "
@@ -881,26 +883,12 @@ def add_config_parser(commands: Any) -> argparse.ArgumentParser:
                              "so that same-named images from different places do not collide")
     parser.add_argument("--include-old-revisions", action="store_true",
                         help="also copy images found only in past Deployment revisions")
-    parser.add_argument("--chunk-size", type=_positive_int, default=PAGE_SIZE, metavar="N",
+    parser.add_argument("--chunk-size", type=positive_int, default=PAGE_SIZE, metavar="N",
                         help=f"objects per list request (default {PAGE_SIZE})")
-    parser.add_argument("--request-timeout", type=_positive_float, default=REQUEST_TIMEOUT,
+    parser.add_argument("--request-timeout", type=positive_float, default=REQUEST_TIMEOUT,
                         metavar="SECONDS",
                         help=f"timeout of one API request (default {REQUEST_TIMEOUT:g})")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
 
 
 def _where(seen: Sequence[Sighting]) -> str:
