@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,10 +21,11 @@ from migrator.auth import AuthFile, load_auth
 from migrator.errors import ClusterError, ConfigError
 from migrator.kube import add_config_parser
 from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
-from migrator.rules import Rule, load_rules, resolve_defaults
+from migrator.rules import Job, Rule, load_rules, parse_rules, resolve_defaults
 from migrator.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from migrator.runner import Summary
     from migrator.runs import RunState, RunStore
 
 EXIT_OK = 0
@@ -46,15 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
         "sync", help="copy every image the rules name, in this process",
         description="Copy every image named by the rules file, in this process.")
     add_input_flags(sync)
-    sync.add_argument("-w", "--workers", "--proc", type=positive_int, default=7, metavar="N",
-                      help="images copied at once (default 7; --proc is image-syncer's name)")
-    sync.add_argument("--log", metavar="FILE", help="write the log to FILE (default: stderr)")
-    sync.add_argument("--state", metavar="DIR",
-                      help="directory of the digest record that makes re-runs cheap "
-                           "(default: $MIGRATOR_STATE_DIR or ./.migrator)")
-    sync.add_argument("--no-state", action="store_true",
-                      help="keep no digest record between runs")
-    sync.add_argument("--debug", action="store_true", help="log every request")
+    add_embedded_flags(sync)
+    sync.add_argument("--dry-run", action="store_true",
+                      help="show what would be copied (tags, new blobs, bytes); write nothing")
+    sync.add_argument("--output-success", metavar="FILE",
+                      help="write the images copied or up to date as an images file")
+    sync.add_argument("--output-failed", metavar="FILE",
+                      help="write the failed images as an images file (reasons in "
+                           "FILE.reasons.json) to run again")
+
+    plan = commands.add_parser(
+        "plan", help="what `sync` would copy, writing nothing (same as sync --dry-run)",
+        description="Show what `migrator sync` would copy: the tags, the blobs new to the "
+                    "target and their bytes. Only reads; writes nothing anywhere.")
+    add_input_flags(plan)
+    add_embedded_flags(plan)
+    plan.set_defaults(dry_run=True, output_success=None, output_failed=None)
+
+    verify = commands.add_parser(
+        "verify", help="compare source and target; list tags missing or different",
+        description="Compare every image the rules name at the source and at the target. "
+                    "Exit code 0 only when all agree.")
+    add_input_flags(verify)
+    verify.add_argument("-w", "--workers", type=positive_int, default=7, metavar="N",
+                        help="images compared at once (default 7)")
 
     enqueue = commands.add_parser(
         "enqueue", help="validate the rules and hand them to the fleet of workers",
@@ -80,14 +97,30 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that name and complete the input files, shared by every command that reads them."""
     parser.add_argument("--auth", metavar="FILE",
                         help="credentials per registry, JSON or YAML (default ./auth.json)")
-    parser.add_argument("--images", metavar="FILE", default="images.json",
+    parser.add_argument("--images", metavar="FILE",
                         help="sync rules, JSON or YAML (default ./images.json)")
+    parser.add_argument("--src", metavar="REF",
+                        help="one source image instead of an images file (with --dst)")
+    parser.add_argument("--dst", metavar="REF", default="",
+                        help="its target (empty: --registry/--namespace, as in rule 8)")
     parser.add_argument("--registry", metavar="HOST",
                         help="default target registry for empty targets ($DEFAULT_REGISTRY)")
     parser.add_argument("--namespace", metavar="NS",
                         help="default target namespace for empty targets ($DEFAULT_NAMESPACE)")
     parser.add_argument("-r", "--retries", type=non_negative_int, default=3, metavar="N",
                         help="times a failed task is retried after the pass (default 3)")
+
+
+def add_embedded_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-w", "--workers", "--proc", type=positive_int, default=7, metavar="N",
+                        help="images copied at once (default 7; --proc is image-syncer's name)")
+    parser.add_argument("--log", metavar="FILE", help="write the log to FILE (default: stderr)")
+    parser.add_argument("--state", metavar="DIR",
+                        help="directory of the digest record that makes re-runs cheap "
+                             "(default: $MIGRATOR_STATE_DIR or ./.migrator)")
+    parser.add_argument("--no-state", action="store_true",
+                        help="keep no digest record between runs")
+    parser.add_argument("--debug", action="store_true", help="log every request")
 
 
 def add_watch_flags(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +170,16 @@ def load_inputs(
         problems.extend(exc.problems)
     registry, namespace = resolve_defaults(args.registry, args.namespace, environ)
     try:
-        rules = load_rules(args.images, default_registry=registry, default_namespace=namespace)
+        if args.src and args.images:
+            raise ConfigError("--src and --images: give one image or a rules file, not both")
+        if args.src:
+            rules = parse_rules({args.src: args.dst}, filename="--src/--dst",
+                                default_registry=registry, default_namespace=namespace)
+        elif args.dst:
+            raise ConfigError("--dst: give the source image with --src")
+        else:
+            rules = load_rules(args.images or "images.json", default_registry=registry,
+                               default_namespace=namespace)
     except ConfigError as exc:
         problems.extend(exc.problems)
     if problems:
@@ -160,8 +202,13 @@ def setup_logging(log_file: str | None, debug: bool) -> None:
 def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
     if args.no_state:
         return MemoryLedger()
-    state_dir = Path(args.state) if args.state else settings.state_dir
-    return SQLiteLedger(state_dir / "ledger.sqlite")
+    path = (Path(args.state) if args.state else settings.state_dir) / "ledger.sqlite"
+    if args.dry_run:  # read what is on record, create nothing
+        try:
+            return SQLiteLedger(path, read_only=True)
+        except sqlite3.Error:  # absent or unreadable without writing: plan without it
+            return MemoryLedger()
+    return SQLiteLedger(path)
 
 
 def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -176,18 +223,77 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise ConfigError(f"--state: cannot open the digest record: {exc}") from None
     reporter = ConsoleReporter(sys.stdout)
     runner = EmbeddedRunner(auth=auth, ledger=ledger, settings=settings, reporter=reporter,
-                            workers=args.workers, retries=args.retries)
+                            workers=args.workers, retries=args.retries, dry_run=args.dry_run)
     try:
         summary = runner.run(rules)
     finally:
         reporter.close()
+        ledger.close()
     for job, reason in summary.failed.items():
         print(f"failed: {job}: {reason}", file=sys.stderr)
     for rule, reason in summary.generate_failed.items():
         print(f"generate failed: {rule.origin}: {reason}", file=sys.stderr)
-    print(summary.line(), flush=True)
-    log.info(summary.line())
+    if args.dry_run:
+        print_plan(summary)
+    else:
+        write_report(args.output_success, {r.job: "" for r in summary.results})
+        write_report(args.output_failed, summary.failed)
+        print(summary.line(), flush=True)
+        log.info(summary.line())
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def print_plan(summary: Summary) -> None:
+    from migrator.progress import human_bytes
+
+    new_blobs: dict[str, int] = {}
+    to_copy = 0
+    for result in sorted(summary.results, key=lambda r: str(r.job)):
+        if result.outcome == "up-to-date":
+            print(f"up to date: {result.job}")
+            continue
+        to_copy += 1
+        new_blobs.update(result.new_blobs)
+        print(f"would copy: {result.job}: {result.blobs_copied} blobs to upload "
+              f"({human_bytes(result.bytes_copied)}), {result.blobs_mounted} to mount, "
+              f"{result.blobs_skipped} already there")
+    print(f"Plan: {to_copy} of {summary.images} images to copy, {len(new_blobs)} blobs new to "
+          f"the target ({human_bytes(sum(new_blobs.values()))}); nothing was written",
+          flush=True)
+
+
+def write_report(path: str | None, images: Mapping[Job, str]) -> None:
+    """An images file of `images` (ready to run again) and, when any has a reason, a sidecar
+    FILE.reasons.json with them."""
+    if not path:
+        return
+    import json
+
+    rules = {str(job.source): str(job.target) for job in images}
+    Path(path).write_text(json.dumps(rules, indent=2, sort_keys=True) + "\n")
+    reasons = [{"source": str(job.source), "target": str(job.target), "reason": reason}
+               for job, reason in images.items() if reason]
+    if reasons:
+        Path(f"{path}.reasons.json").write_text(json.dumps(reasons, indent=2) + "\n")
+
+
+def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from migrator.copy import ClientPool, Clients
+    from migrator.runner import verify
+
+    settings, auth, rules = load_inputs(args, environ)
+    setup_logging(None, debug=False)
+    report = verify(rules, Clients(auth, ClientPool(settings)), workers=args.workers)
+    for job in sorted(report.missing, key=str):
+        print(f"missing: {job}")
+    for job, (source, target) in sorted(report.differ.items(), key=lambda item: str(item[0])):
+        print(f"differs: {job}: source {source}, target {target}")
+    for what, reason in sorted(report.errors.items()):
+        print(f"error: {what}: {reason}", file=sys.stderr)
+    total = len(report.agree) + len(report.missing) + len(report.differ)
+    print(f"Verified {total} images: {len(report.agree)} agree, {len(report.missing)} missing, "
+          f"{len(report.differ)} differ, {len(report.errors)} could not be checked", flush=True)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -230,8 +336,8 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         app.send_task(name, args=task_args, kwargs=kwargs)
 
     store = fleet_store(settings)
-    started = start_run(rules, auth, settings, store=store, send=send, name=str(args.images),
-                        retries=args.retries)
+    started = start_run(rules, auth, settings, store=store, send=send,
+                        name=args.images or args.src or "images.json", retries=args.retries)
     for warning in started.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(started.run_id, flush=True)
@@ -316,8 +422,8 @@ def write_failed(state: RunState, path: str | None) -> None:
     Path(path).write_text(json.dumps(failed_images(state), indent=2, sort_keys=True) + "\n")
 
 
-COMMANDS = {"sync": run_sync, "config": run_config, "enqueue": run_enqueue,
-            "status": run_status}
+COMMANDS = {"sync": run_sync, "plan": run_sync, "verify": run_verify, "config": run_config,
+            "enqueue": run_enqueue, "status": run_status}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

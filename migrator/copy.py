@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +43,37 @@ log = logging.getLogger(__name__)
 
 MAX_INDEX_DEPTH = 2
 ByteCounter = Callable[[int], None]
+
+
+class ReadOnlyLedger:
+    """A ledger's reads, with every write dropped: what a dry run may touch."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def blob_repositories(self, registry: str, digest: str) -> set[str]:
+        return self._ledger.blob_repositories(registry, digest)
+
+    def manifest(self, target: str) -> ManifestRecord | None:
+        return self._ledger.manifest(target)
+
+    def add_blob(self, registry: str, digest: str, repository: str) -> None:
+        pass
+
+    def forget_blobs(self, registry: str, repository: str, digests: list[str]) -> None:
+        pass
+
+    def record_manifest(self, target: str, record: ManifestRecord) -> None:
+        pass
+
+    def forget_manifest(self, target: str) -> None:
+        pass
+
+    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def close(self) -> None:
+        pass
 
 
 class ClientPool:
@@ -76,13 +108,14 @@ class Clients:
 @dataclass
 class CopyResult:
     job: Job
-    outcome: Literal["copied", "up-to-date"] = "copied"
+    outcome: Literal["copied", "up-to-date", "planned"] = "copied"
     source_digest: str = ""
     target_digest: str = ""
     blobs_copied: int = 0
     blobs_mounted: int = 0
     blobs_skipped: int = 0
     bytes_copied: int = 0
+    new_blobs: dict[str, int] = field(default_factory=dict)  # dry run: digest → size to upload
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, kind: Literal["copied", "mounted", "skipped"], size: int = 0) -> None:
@@ -99,9 +132,16 @@ def copy_image(
     settings: Settings,
     blob_pool: Executor | None = None,
     on_bytes: ByteCounter | None = None,
+    dry_run: bool = False,
 ) -> CopyResult:
-    """Copy one image (a tag or a digest, single- or multi-platform) from source to target."""
-    return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes).run()
+    """Copy one image (a tag or a digest, single- or multi-platform) from source to target.
+
+    With `dry_run`, only read: the result counts the blobs that would be uploaded, mounted or
+    found, and nothing is written to the target or the ledger.
+    """
+    if dry_run:
+        ledger = ReadOnlyLedger(ledger)
+    return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes, dry_run).run()
 
 
 def target_key(job: Job, source_digest: str) -> str:
@@ -120,8 +160,10 @@ class _ImageCopy:
         settings: Settings,
         blob_pool: Executor | None,
         on_bytes: ByteCounter | None,
+        dry_run: bool = False,
     ) -> None:
         self.job = job
+        self.dry_run = dry_run
         self.src = clients.get(job.source.registry, job.source.repository)
         self.dst = clients.get(job.target.registry, job.target.repository)
         self.src_repo = job.source.repository
@@ -164,6 +206,9 @@ class _ImageCopy:
         if manifest is None:
             manifest = self.src.get_manifest(self.src_repo, source_digest)
         self._copy_manifest_content(manifest, depth=0)
+        if self.dry_run:
+            self.result.outcome = "planned"
+            return self.result
         target_digest = self._put(manifest, target_ref)
         if target_digest != source_digest:
             raise DigestMismatch(f"target manifest {job.target}", expected=source_digest,
@@ -195,7 +240,8 @@ class _ImageCopy:
                 continue
             child_manifest = self.src.get_manifest(self.src_repo, child.digest)
             self._copy_manifest_content(child_manifest, depth + 1)
-            self._put(child_manifest, child.digest)
+            if not self.dry_run:
+                self._put(child_manifest, child.digest)
 
     def _put(self, manifest: Manifest, reference: str) -> str:
         try:
@@ -228,6 +274,9 @@ class _ImageCopy:
         if self.dst_repo in self.ledger.blob_repositories(registry, digest):
             self.result.count("skipped")
             return
+        if self.dry_run:
+            self._plan_blob(blob)
+            return
         # Single flight: if another copy is moving this blob into this registry, wait for it and
         # then mount or skip instead of uploading the same bytes twice.
         with self.ledger.blob_lock(registry, digest):
@@ -254,6 +303,18 @@ class _ImageCopy:
             self._upload(blob, upload_url)
             self.ledger.add_blob(registry, digest, self.dst_repo)
             self.result.count("copied", blob.size)
+
+    def _plan_blob(self, blob: Descriptor) -> None:
+        """What `_copy_blob` would do, found out with reads only (a HEAD, never a mount)."""
+        holders = self.ledger.blob_repositories(self.dst.registry, blob.digest) - {self.dst_repo}
+        if self.dst.blob_exists(self.dst_repo, blob.digest):
+            self.result.count("skipped")
+        elif holders or (self.src.registry == self.dst.registry
+                         and self.src_repo != self.dst_repo):
+            self.result.count("mounted")
+        else:
+            self.result.count("copied", blob.size)
+            self.result.new_blobs[blob.digest] = blob.size
 
     def _probe(self, digest: str) -> tuple[bool, str | None]:
         """Whether the target repository holds a blob, and an upload session if it does not.

@@ -42,6 +42,8 @@ class Ledger(Protocol):
 
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]: ...
 
+    def close(self) -> None: ...
+
 
 class _LocalLocks:
     """Single flight inside one process: a lock per (registry, digest), dropped when idle."""
@@ -105,6 +107,9 @@ class MemoryLedger:
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
         return self._locks.hold(registry, digest)
 
+    def close(self) -> None:
+        pass
+
 
 class SQLiteLedger:
     """The embedded record of `migrator sync`: one SQLite file in the state directory.
@@ -121,13 +126,19 @@ class SQLiteLedger:
         target TEXT PRIMARY KEY, source_digest TEXT NOT NULL, target_digest TEXT NOT NULL);
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(self.SCHEMA)
+        if read_only:  # a dry run: not even a journal file may appear
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                       check_same_thread=False)
+            self._db.execute("SELECT 1 FROM manifests LIMIT 1")  # fail now, not mid-run
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(self.SCHEMA)
         self._lock = threading.Lock()
         self._locks = _LocalLocks()
 
@@ -243,6 +254,9 @@ class RedisLedger:
             if acquired:
                 with suppress(Exception):  # expired meanwhile: someone else may hold it now
                     lock.release()
+
+    def close(self) -> None:
+        pass  # the Redis client belongs to the caller
 
     def _renew(self, lock: Any, stop: threading.Event) -> None:
         while not stop.wait(self.lock_ttl / 3):

@@ -70,6 +70,7 @@ class EmbeddedRunner:
         reporter: Reporter,
         workers: int = 7,
         retries: int = 3,
+        dry_run: bool = False,
     ) -> None:
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
@@ -79,6 +80,7 @@ class EmbeddedRunner:
         self.reporter = reporter
         self.workers = max(1, workers)
         self.retries = max(0, retries)
+        self.dry_run = dry_run
 
     def run(self, rules: Sequence[Rule]) -> Summary:
         summary = Summary()
@@ -135,7 +137,7 @@ class EmbeddedRunner:
         def copy(job: Job) -> CopyResult:
             return copy_image(job, clients=self.clients, ledger=self.ledger,
                               settings=self.settings, blob_pool=blob_pool,
-                              on_bytes=self.reporter.add_bytes)
+                              on_bytes=self.reporter.add_bytes, dry_run=self.dry_run)
 
         failed: list[Job] = []
         for job, result, error in _run_all(image_pool, copy, jobs):
@@ -164,3 +166,57 @@ def _run_all(
             if not isinstance(error, MigratorError):
                 log.error("unexpected error on %s", item, exc_info=error)
             yield item, None, describe(error)
+
+
+@dataclass
+class Verification:
+    agree: list[Job] = field(default_factory=list)
+    missing: list[Job] = field(default_factory=list)
+    differ: dict[Job, tuple[str, str]] = field(default_factory=dict)  # job → (source, target)
+    errors: dict[str, str] = field(default_factory=dict)  # job or rule → reason
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.differ and not self.errors
+
+
+def verify(rules: Sequence[Rule], clients: Clients, workers: int = 7) -> Verification:
+    """Compare every image of the rules at the source and the target, with HEADs only."""
+    report = Verification()
+
+    def expand(rule: Rule) -> list[Job]:
+        if not rule.needs_tag_list:
+            return rule.jobs()
+        client = clients.get(rule.source.registry, rule.source.repository)
+        return rule.jobs(client.list_tags(rule.source.repository))
+
+    def compare(job: Job) -> tuple[str, str | None]:
+        if job.source.digest:
+            source_digest = job.source.digest
+        else:
+            head = clients.get(job.source.registry, job.source.repository).head_manifest(
+                job.source.repository, job.source.manifest_ref)
+            if head is None:
+                raise MigratorError(f"{job.source} not found at the source")
+            source_digest = head[0]
+        target = clients.get(job.target.registry, job.target.repository).head_manifest(
+            job.target.repository, job.target.tag or source_digest)
+        return source_digest, target[0] if target else None
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="verify") as pool:
+        jobs: list[Job] = []
+        for rule, found, error in _run_all(pool, expand, list(rules)):
+            if error is None:
+                jobs.extend(found or [])
+            else:
+                report.errors[rule.origin] = error
+        for job, digests, error in _run_all(pool, compare, list(dict.fromkeys(jobs))):
+            if error is not None:
+                report.errors[str(job)] = error
+            elif digests is None or digests[1] is None:
+                report.missing.append(job)
+            elif digests[0] != digests[1]:
+                report.differ[job] = (digests[0], digests[1])
+            else:
+                report.agree.append(job)
+    return report

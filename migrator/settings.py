@@ -6,6 +6,7 @@ Each field can be overridden by an environment variable `MIGRATOR_<FIELD>` (for 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,6 +59,26 @@ class Settings(BaseSettings):
     lock_wait: float = Field(3600.0, gt=0, description="longest wait for another's blob upload")
     run_ttl: int = Field(30 * 86400, ge=60, description="seconds a run's record is kept")
     schedule_file: str | None = Field(None, description="YAML schedule read by celery beat")
+
+    # Worker health, metrics and shutdown (workers/health.py)
+    health_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "migrator-health",
+        description="where each worker process keeps the heartbeat files that "
+        "`python -m workers.health` (the liveness probe) reads")
+    liveness_timeout: float = Field(
+        60.0, gt=0, description="seconds a worker's consumer loop may go without a heartbeat "
+        "before the liveness check fails")
+    stall_timeout: float = Field(
+        1800.0, gt=0, description="seconds a running task may move no byte before the "
+        "liveness check fails; keep it above a legitimate silence (a slow request's retries, "
+        "a wait for another worker's upload of a large blob)")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="port of each worker's Prometheus /metrics; 0: off")
+    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
+    shutdown_timeout: float = Field(
+        0.0, ge=0, description="seconds a SIGTERM'd worker lets running copies finish before "
+        "it hands their tasks back to the queue and exits; 0: wait as long as they take. Keep "
+        "it below the pod's terminationGracePeriodSeconds")
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
