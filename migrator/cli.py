@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
@@ -107,8 +108,17 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
                         help="default target registry for empty targets ($DEFAULT_REGISTRY)")
     parser.add_argument("--namespace", metavar="NS",
                         help="default target namespace for empty targets ($DEFAULT_NAMESPACE)")
+    parser.add_argument("--allow-catalog", action="store_true",
+                        help="let sources registry/namespace/* and registry/* copy every "
+                             "repository the registry's catalog lists")
     parser.add_argument("-r", "--retries", type=non_negative_int, default=3, metavar="N",
                         help="times a failed task is retried after the pass (default 3)")
+    parser.add_argument("--platform", type=platform_list, default=frozenset(),
+                        metavar="OS/ARCH,...",
+                        help="copy only these platforms of multi-platform images (the index "
+                             "written then has a digest of its own)")
+    parser.add_argument("--no-referrers", dest="referrers", action="store_false",
+                        help="do not copy the signatures, SBOMs and attestations of images")
 
 
 def add_embedded_flags(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +147,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def platform_list(text: str) -> frozenset[str]:
+    platforms = frozenset(part.strip() for part in text.split(",") if part.strip())
+    for platform in platforms:
+        if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", platform):
+            raise argparse.ArgumentTypeError(
+                f"{platform!r} is not os/architecture[/variant], e.g. linux/arm64")
+    if not platforms:
+        raise argparse.ArgumentTypeError("give at least one os/architecture")
+    return platforms
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -151,6 +172,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def settings_from(environ: Mapping[str, str]) -> Settings:
+    try:
+        return load_settings(environ)
+    except ValidationError as exc:
+        raise ConfigError([f"MIGRATOR_{str(error['loc'][0]).upper()}: {error['msg']}"
+                           for error in exc.errors()]) from None
+
+
 def load_inputs(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> tuple[Settings, AuthFile, list[Rule]]:
@@ -160,10 +189,9 @@ def load_inputs(
     auth: AuthFile | None = None
     rules: list[Rule] = []
     try:
-        settings = load_settings(environ)
-    except ValidationError as exc:
-        problems.extend(f"MIGRATOR_{str(error['loc'][0]).upper()}: {error['msg']}"
-                        for error in exc.errors())
+        settings = settings_from(environ)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     try:
         auth = load_auth(args.auth or "auth.json", environ=environ, required=bool(args.auth))
     except ConfigError as exc:
@@ -174,12 +202,13 @@ def load_inputs(
             raise ConfigError("--src and --images: give one image or a rules file, not both")
         if args.src:
             rules = parse_rules({args.src: args.dst}, filename="--src/--dst",
-                                default_registry=registry, default_namespace=namespace)
+                                default_registry=registry, default_namespace=namespace,
+                                allow_catalog=args.allow_catalog)
         elif args.dst:
             raise ConfigError("--dst: give the source image with --src")
         else:
             rules = load_rules(args.images or "images.json", default_registry=registry,
-                               default_namespace=namespace)
+                               default_namespace=namespace, allow_catalog=args.allow_catalog)
     except ConfigError as exc:
         problems.extend(exc.problems)
     if problems:
@@ -223,7 +252,8 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise ConfigError(f"--state: cannot open the digest record: {exc}") from None
     reporter = ConsoleReporter(sys.stdout)
     runner = EmbeddedRunner(auth=auth, ledger=ledger, settings=settings, reporter=reporter,
-                            workers=args.workers, retries=args.retries, dry_run=args.dry_run)
+                            workers=args.workers, retries=args.retries, dry_run=args.dry_run,
+                            platforms=args.platform, referrers=args.referrers)
     try:
         summary = runner.run(rules)
     finally:
@@ -233,6 +263,9 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"failed: {job}: {reason}", file=sys.stderr)
     for rule, reason in summary.generate_failed.items():
         print(f"generate failed: {rule.origin}: {reason}", file=sys.stderr)
+    for result in summary.results:
+        if result.note:
+            print(f"note: {result.job}: {result.note}", file=sys.stderr)
     if args.dry_run:
         print_plan(summary)
     else:
@@ -337,7 +370,9 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     store = fleet_store(settings)
     started = start_run(rules, auth, settings, store=store, send=send,
-                        name=args.images or args.src or "images.json", retries=args.retries)
+                        name=args.images or args.src or "images.json", retries=args.retries,
+                        options={"platforms": sorted(args.platform),
+                                 "referrers": args.referrers})
     for warning in started.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(started.run_id, flush=True)
@@ -349,10 +384,7 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import json
 
-    try:
-        settings = load_settings(environ)
-    except ValidationError as exc:
-        raise ConfigError(str(exc)) from None
+    settings = settings_from(environ)
     store = fleet_store(settings)
     if args.run_id is None:
         for state in store.recent():

@@ -34,7 +34,7 @@ from migrator.errors import (
 )
 from migrator.ledger import Ledger, ManifestRecord
 from migrator.registry.client import RegistryClient, retrying
-from migrator.registry.manifest import Descriptor, Manifest
+from migrator.registry.manifest import Descriptor, Manifest, filter_index
 from migrator.registry.stream import VerifyingReader
 from migrator.rules import Job
 from migrator.settings import Settings
@@ -116,6 +116,8 @@ class CopyResult:
     blobs_skipped: int = 0
     bytes_copied: int = 0
     new_blobs: dict[str, int] = field(default_factory=dict)  # dry run: digest → size to upload
+    referrers: list[str] = field(default_factory=list)  # tags copied as the image's referrers
+    note: str = ""  # what a user should know about this copy (e.g. a digest that changed)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, kind: Literal["copied", "mounted", "skipped"], size: int = 0) -> None:
@@ -133,22 +135,30 @@ def copy_image(
     blob_pool: Executor | None = None,
     on_bytes: ByteCounter | None = None,
     dry_run: bool = False,
+    platforms: frozenset[str] = frozenset(),
+    referrers: bool = True,
 ) -> CopyResult:
     """Copy one image (a tag or a digest, single- or multi-platform) from source to target.
 
     With `dry_run`, only read: the result counts the blobs that would be uploaded, mounted or
-    found, and nothing is written to the target or the ledger.
+    found, and nothing is written to the target or the ledger. `platforms` (`os/arch[/variant]`)
+    keeps only those children of an index, which then gets a digest of its own. `referrers`
+    copies the signatures, SBOMs and attestations found for the image with it.
     """
     if dry_run:
         ledger = ReadOnlyLedger(ledger)
-    return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes, dry_run).run()
+    return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes, dry_run, platforms,
+                      referrers).run()
 
 
-def target_key(job: Job, source_digest: str) -> str:
-    """The ledger's name of a target manifest: the tag, or the digest when pushed by digest."""
+def target_key(job: Job, source_digest: str, platforms: frozenset[str] = frozenset()) -> str:
+    """The ledger's name of a target manifest: the tag, or the digest when pushed by digest;
+    with the platform filter, which makes another index of the same source."""
     if job.target.tag:
-        return str(job.target.with_tag(job.target.tag))
-    return f"{job.target.name}@{source_digest}"
+        key = str(job.target.with_tag(job.target.tag))
+    else:
+        key = f"{job.target.name}@{source_digest}"
+    return f"{key} platforms={','.join(sorted(platforms))}" if platforms else key
 
 
 class _ImageCopy:
@@ -161,9 +171,14 @@ class _ImageCopy:
         blob_pool: Executor | None,
         on_bytes: ByteCounter | None,
         dry_run: bool = False,
+        platforms: frozenset[str] = frozenset(),
+        referrers: bool = False,
     ) -> None:
         self.job = job
         self.dry_run = dry_run
+        self.platforms = platforms
+        self.referrers = referrers
+        self.clients = clients
         self.src = clients.get(job.source.registry, job.source.repository)
         self.dst = clients.get(job.target.registry, job.target.repository)
         self.src_repo = job.source.repository
@@ -179,7 +194,7 @@ class _ImageCopy:
         manifest: Manifest | None = None
         if job.source.digest:
             source_digest = job.source.digest
-        elif self.ledger.manifest(target_key(job, "")) is None:
+        elif self.ledger.manifest(target_key(job, "", self.platforms)) is None:
             # Nothing on record: the manifest will most likely be needed, and one GET gives
             # both its digest and its bytes where a HEAD and a GET would be two requests.
             manifest = self.src.get_manifest(self.src_repo, job.source.manifest_ref)
@@ -191,34 +206,69 @@ class _ImageCopy:
             source_digest = head[0]
         self.result.source_digest = source_digest
         target_ref = job.target.tag or source_digest
-        key = target_key(job, source_digest)
+        key = target_key(job, source_digest, self.platforms)
 
         record = self.ledger.manifest(key)
         vouched = record is not None and record.source_digest == source_digest
         if vouched and self.settings.trust_ledger:
             return self._up_to_date(record.target_digest)  # type: ignore[union-attr]
+        # What the target tag must point at: the source's manifest, or its filtered index.
+        expected = {record.target_digest} if vouched and record else {source_digest}
+        if self.platforms and not vouched:
+            manifest = manifest or self.src.get_manifest(self.src_repo, source_digest)
+            if manifest.is_index:
+                manifest = filter_index(manifest, self.platforms)
+                expected = {manifest.digest}
         head = self.dst.head_manifest(self.dst_repo, target_ref)
-        expected = {source_digest} | ({record.target_digest} if vouched and record else set())
-        if head is not None and head[0] in expected:
+        if head is not None and head[0] in expected | {source_digest}:
             self.ledger.record_manifest(key, ManifestRecord(source_digest, head[0]))
             return self._up_to_date(head[0])
 
         if manifest is None:
             manifest = self.src.get_manifest(self.src_repo, source_digest)
+            if self.platforms and manifest.is_index:
+                manifest = filter_index(manifest, self.platforms)
         self._copy_manifest_content(manifest, depth=0)
         if self.dry_run:
             self.result.outcome = "planned"
             return self.result
         target_digest = self._put(manifest, target_ref)
-        if target_digest != source_digest:
-            raise DigestMismatch(f"target manifest {job.target}", expected=source_digest,
+        if target_digest != manifest.digest:
+            raise DigestMismatch(f"target manifest {job.target}", expected=manifest.digest,
                                  got=target_digest)
+        if target_digest != source_digest:
+            self.result.note = (f"index filtered to {', '.join(sorted(self.platforms))}: its "
+                                f"digest {target_digest} differs from the source's "
+                                f"{source_digest}")
+            log.warning("%s: %s", job, self.result.note)
         self.ledger.record_manifest(key, ManifestRecord(source_digest, target_digest))
         self.result.target_digest = target_digest
+        if self.referrers:
+            self._copy_referrers(source_digest)
         log.info("copied %s (%d blobs copied, %d mounted, %d present, %d bytes)", job,
                  self.result.blobs_copied, self.result.blobs_mounted, self.result.blobs_skipped,
                  self.result.bytes_copied)
         return self.result
+
+    def _copy_referrers(self, digest: str) -> None:
+        """Signatures, SBOMs and attestations of the image, found as tags of the source.
+
+        Two conventions name them by the image's digest: the OCI 1.1 referrers tag schema
+        (`sha256-<hex>`, an index of the referring manifests, which registries without the
+        referrers API use) and cosign's `sha256-<hex>.sig/.att/.sbom`. Each is copied like any
+        tag, after the image, so it never points at an image the target lacks.
+        """
+        prefix = digest.replace(":", "-", 1)
+        listed = self.src.list_tags(self.src_repo, max_age=self.settings.tag_list_ttl)
+        tags = [tag for tag in listed if tag == prefix or tag.startswith(prefix + ".")]
+        for tag in sorted(tags):
+            referrer = Job(self.job.source.with_tag(tag), self.job.target.with_tag(tag),
+                           self.job.rule)
+            _ImageCopy(referrer, self.clients, self.ledger, self.settings, self.blob_pool,
+                       self.on_bytes).run()
+            self.result.referrers.append(tag)
+        if tags:
+            log.info("%s: copied %d referrers (%s)", self.job, len(tags), ", ".join(tags))
 
     def _up_to_date(self, target_digest: str) -> CopyResult:
         self.result.outcome = "up-to-date"

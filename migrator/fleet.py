@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.auth import AuthFile, RegistryAuth, seal, unseal
+from migrator.filters import TagFilters
 from migrator.reference import parse
-from migrator.rules import Job, Rule
+from migrator.rules import Job, Rule, catalog_rule
 from migrator.runs import RunState, RunStore
 from migrator.settings import Settings
 
@@ -36,15 +37,26 @@ def rule_key(rule: Rule) -> str:
     return f"{rule.origin} -> {rule.target}"
 
 
-def expand_args(rule: Rule) -> dict[str, str | None]:
-    return {"source": rule.source.name, "pattern": rule.tag_pattern,
-            "target": rule.target.name, "rule": rule_key(rule)}
+def expand_args(rule: Rule) -> dict[str, Any]:
+    """A rule to expand, as plain JSON: a catalog rule's source is `registry/namespace/*`
+    (plus `"catalog": true`); tag filters are present only when set."""
+    source = rule.catalog_source if rule.catalog else rule.source.name
+    args: dict[str, Any] = {"source": source, "pattern": rule.tag_pattern,
+                            "target": rule.target.name, "rule": rule_key(rule)}
+    if rule.catalog:
+        args["catalog"] = True
+    return {**args, **rule.filters.to_args()}
 
 
-def rule_from_args(args: dict[str, str | None]) -> Rule:
+def rule_from_args(args: dict[str, Any]) -> Rule:
+    filters = TagFilters.from_args(args)
+    pattern = args.get("pattern")
+    if args.get("catalog"):
+        return catalog_rule(str(args["rule"]), str(args["source"]), str(args["target"]),
+                            pattern=pattern, filters=filters)
     source, target = parse(str(args["source"])), parse(str(args["target"]))
-    return Rule(origin=str(args["rule"]), source=source, tags=(),
-                tag_pattern=args.get("pattern"), target=target)
+    return Rule(origin=str(args["rule"]), source=source, tags=(), tag_pattern=pattern,
+                target=target, filters=filters)
 
 
 def job_from_args(source: str, target: str, rule: str = "") -> Job:
@@ -93,8 +105,13 @@ def start_run(
     send: Send,
     name: str,
     retries: int,
+    options: dict[str, Any] | None = None,
 ) -> StartedRun:
-    """Record the run, then send one task per known image and one per rule to expand."""
+    """Record the run, then send one task per known image and one per rule to expand.
+
+    `options` (plain JSON: platforms, referrers) reach every copy of the run as task kwargs.
+    """
+    options = options or {}
     jobs = list(dict.fromkeys(job for rule in rules if not rule.needs_tag_list
                               for job in rule.jobs()))
     expands = list({rule_key(rule): rule for rule in rules if rule.needs_tag_list}.values())
@@ -103,9 +120,9 @@ def start_run(
                           expands=[rule_key(rule) for rule in expands], auth=transport)
     for job in jobs:
         send(SYNC_TASK, [run_id, str(job.source), str(job.target)],
-             {"rule": job.rule, "retries": retries})
+             {"rule": job.rule, "retries": retries, **options})
     for rule in expands:
-        send(EXPAND_TASK, [run_id, expand_args(rule)], {"retries": retries})
+        send(EXPAND_TASK, [run_id, expand_args(rule)], {"retries": retries, **options})
     return StartedRun(run_id, len(jobs) + len(expands), [warning] if warning else [])
 
 

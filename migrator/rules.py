@@ -4,14 +4,19 @@ The format is image-syncer's / image-migrator's `images.json` (or YAML): an obje
 are sources and whose values are targets. `docs/rules.md` describes it for users. Everything is
 validated before any work starts: every problem of the file is collected, one line each naming
 the file and the entry, and raised together as one `ConfigError`.
+
+Beyond the peers: a value may be a mapping, the target plus tag filters (`migrator/filters.py`),
+and a source `registry/namespace/*` (opted in with `--allow-catalog` or `catalog: true`) names
+every repository the registry's catalog lists, each then copied like an all-tags rule.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from migrator.documents import (
     SCHEME,
@@ -22,6 +27,7 @@ from migrator.documents import (
     quote,
 )
 from migrator.errors import ConfigError
+from migrator.filters import NO_FILTERS, TagFilters
 from migrator.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
@@ -58,19 +64,52 @@ class Rule:
     origin: str  # "images.json: '<source key>'"
     # registry + repository; digest set when pinned. The tag is None, except for a source
     # written `repo:tag@digest`: the digest is copied and the tag is the default target tag.
+    # For a catalog rule: registry + the namespace listed ("" for the whole registry).
     source: Reference
     tags: tuple[str, ...]  # explicit tags; () when all tags, a regex or a digest
     tag_pattern: str | None  # regex (full match) when the source is `repo:/regex/`
-    target: Reference  # tag None: keep the source tag
+    target: Reference  # tag None: keep the source tag. Catalog rule: the target namespace.
+    filters: TagFilters = NO_FILTERS  # include/exclude/semver/newest, on the tag list
+    catalog: bool = False  # `registry/namespace/*`: every repository the registry lists
 
     @property
     def needs_tag_list(self) -> bool:
         """True when the jobs depend on the source's tag list (all tags, or a regex)."""
         return not self.tags and self.source.digest is None
 
+    @property
+    def catalog_source(self) -> str:
+        """A catalog rule's source as written: `registry/namespace/*` or `registry/*`."""
+        return "/".join(part for part in (self.source.registry, self.source.repository, "*")
+                        if part)
+
+    def repositories(self, listed: Sequence[str]) -> list[Rule]:
+        """A catalog rule as one all-tags rule per repository the registry listed below its
+        namespace: `<target namespace>/<path below the source namespace>`."""
+        if not self.catalog:
+            raise ValueError(f"{self.origin}: not a catalog rule")
+        prefix = f"{self.source.repository}/" if self.source.repository else ""
+        rules: list[Rule] = []
+        for repository in dict.fromkeys(listed):
+            if not repository.startswith(prefix) or repository == prefix:
+                continue
+            target = f"{self.target.repository}/{repository[len(prefix):]}"
+            try:  # a name outside the grammar (or too long below the target) cannot be copied
+                check_repository(repository)
+                check_repository(target)
+            except ReferenceError:
+                continue
+            rules.append(replace(
+                self, origin=f"{self.origin} ({self.source.registry}/{repository})",
+                source=Reference(self.source.registry, repository),
+                target=Reference(self.target.registry, target), catalog=False))
+        return rules
+
     def jobs(self, available_tags: Sequence[str] | None = None) -> list[Job]:
         """The copies of this rule; `available_tags` (the source's tag list, in its order) is
         required when `needs_tag_list`, ignored otherwise."""
+        if self.catalog:
+            raise ValueError(f"{self.origin}: list the repositories first (`repositories`)")
         if self.source.digest is not None:
             target = self.target if self.target.tag else self.target.with_tag(self.source.tag)
             return [Job(self.source, target, self.origin)]
@@ -86,7 +125,7 @@ class Rule:
         if available_tags is None:
             raise ValueError(f"{self.origin}: the rule needs the source's tag list")
         pattern = re.compile(self.tag_pattern) if self.tag_pattern is not None else None
-        jobs: list[Job] = []
+        tags: list[str] = []
         seen: set[str] = set()
         for tag in available_tags:
             # A tag outside the grammar could not be pushed anywhere (and must not reach a URL).
@@ -95,8 +134,11 @@ class Rule:
             if pattern is not None and not pattern.fullmatch(tag):
                 continue
             seen.add(tag)
-            jobs.append(Job(self.source.with_tag(tag), self.target.with_tag(tag), self.origin))
-        return jobs
+            tags.append(tag)
+        if self.filters:
+            tags = self.filters.select(tags)
+        return [Job(self.source.with_tag(tag), self.target.with_tag(tag), self.origin)
+                for tag in tags]
 
 
 class _Bad(Exception):
@@ -110,6 +152,7 @@ class _Source:
     tags: tuple[str, ...]
     digest: str | None
     pattern: str | None
+    catalog: bool = False  # `registry/namespace/*`: `repository` is the namespace, maybe ""
 
     @property
     def last_component(self) -> str:
@@ -120,7 +163,9 @@ def _looks_like_host(text: str) -> bool:
     return "." in text or ":" in text or text == "localhost"
 
 
-def _check_name(name: str, *, what: str, hint: str | None = None) -> tuple[str, str]:
+def _check_name(
+    name: str, *, what: str, hint: str | None = None, catalog_hint: bool = False
+) -> tuple[str, str]:
     """`registry/ns/.../repo` → (registry, repository); rules 1 and 3 with helpful messages."""
     parts = name.split("/")
     if len(parts) < 3 and all(parts) and not any(ch.isspace() for ch in name):
@@ -131,6 +176,8 @@ def _check_name(name: str, *, what: str, hint: str | None = None) -> tuple[str, 
                     f"the source names a whole {unit}: a rule cannot copy a whole namespace or "
                     "registry, only one repository: write registry/namespace/repository"
                 )
+                if catalog_hint:  # the user opted in to catalogs: show the form they need
+                    message += f", or {name}/* for every repository the registry lists"
             else:
                 message = f"the target names a whole {unit}, not a repository"
                 message += f": write {hint}" if hint else ": write registry/namespace/repository"
@@ -160,7 +207,23 @@ def _parse_tags(tagpart: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))  # duplicates folded, order kept
 
 
-def _parse_source(text: str) -> tuple[_Source, str | None]:
+def _check_catalog_name(name: str) -> tuple[str, str]:
+    """`registry/ns/*` → (registry, "ns"); `registry/*` → (registry, "")."""
+    base = name[:-2] if name.endswith("/*") else name
+    if "*" in base or not name.endswith("/*"):
+        raise _Bad("'*' stands for every repository only as the last path component: "
+                   "registry/namespace/* or registry/*")
+    parts = base.split("/")
+    if any(not part for part in parts) or any(ch.isspace() for ch in base):
+        raise _Bad(f"{quote(name)}: expected registry/namespace/* or registry/*")
+    try:
+        registry = check_registry(parts[0])
+        return registry, check_repository("/".join(parts[1:])) if len(parts) > 1 else ""
+    except ReferenceError as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _parse_source(text: str, *, catalog_hint: bool = False) -> tuple[_Source, str | None]:
     """The source key → (source, tag written before a digest)."""
     text = text.strip()
     if not text:
@@ -172,16 +235,26 @@ def _parse_source(text: str) -> tuple[_Source, str | None]:
         if not text.endswith("/") or len(text) < start + 3:
             raise _Bad("a tag regex is written between slashes: registry/ns/repository:/regex/")
         name, pattern = text[:start], text[start + 2 : -1]
-        registry, repository = _check_name(name, what="source")
+        catalog = "*" in name
+        if catalog:
+            registry, repository = _check_catalog_name(name)
+        else:
+            registry, repository = _check_name(name, what="source", catalog_hint=catalog_hint)
         if not pattern:
             raise _Bad("the tag regex is empty")
         try:
             re.compile(pattern)
         except re.error as exc:
             raise _Bad(f"invalid tag regex {quote(pattern)}: {exc}") from None
-        return _Source(registry, repository, (), None, pattern), None
+        return _Source(registry, repository, (), None, pattern, catalog), None
     name, tagpart, digest = split(text)
-    registry, repository = _check_name(name, what="source")
+    if "*" in name:
+        registry, repository = _check_catalog_name(name)
+        if tagpart is not None or digest is not None:
+            raise _Bad("a source with '*' copies every tag of each repository: it names no tag "
+                       "or digest (choose tags with /regex/ or include, exclude, semver, newest)")
+        return _Source(registry, repository, (), None, None, catalog=True), None
+    registry, repository = _check_name(name, what="source", catalog_hint=catalog_hint)
     tags = _parse_tags(tagpart) if tagpart is not None else ()
     if digest is None:
         return _Source(registry, repository, tags, None, None), None
@@ -192,6 +265,24 @@ def _parse_source(text: str) -> tuple[_Source, str | None]:
     if len(tags) > 1:
         raise _Bad("a source pinned by digest cannot name several tags")
     return _Source(registry, repository, (), digest, None), (tags[0] if tags else None)
+
+
+def _parse_catalog_target(text: str) -> Reference:
+    """The target of a catalog rule: a namespace, `registry/namespace[/*]`."""
+    if SCHEME.match(text):
+        raise _Bad("write the target without a scheme such as https://")
+    name = text[:-2] if text.endswith("/*") else text
+    base, tagpart, digest = split(name)
+    parts = base.split("/")
+    if tagpart is not None or digest is not None or "*" in base or len(parts) < 2:
+        raise _Bad("the target of a source with '*' is a namespace, where each repository "
+                   "found goes under its path below the source namespace: write "
+                   "registry/namespace")
+    try:
+        registry, namespace = split_name(base, min_depth=2)
+    except ReferenceError as exc:
+        raise _Bad(str(exc)) from None
+    return Reference(registry, namespace)
 
 
 def _parse_target(text: str, source: _Source | None) -> Reference:
@@ -275,8 +366,49 @@ class _Defaults:
         assert self.registry is not None
         return Reference(self.registry, repository)
 
+    def namespace_target(self) -> Reference:
+        """The empty target of a catalog rule: the default namespace itself."""
+        if self.problem is not None:
+            raise _Bad(self.problem)
+        assert self.registry is not None and self.namespace is not None
+        return Reference(self.registry, self.namespace)
 
-def _make_rule(origin: str, source: _Source, source_tag: str | None, target: Reference) -> Rule:
+
+def _make_catalog_rule(
+    origin: str, source: _Source, target: Reference, filters: TagFilters
+) -> Rule:
+    """A `registry/namespace/*` rule; its target namespace may not lie within its source."""
+    if target.registry == source.registry:
+        if target.repository == source.repository:
+            raise _Bad("the target is the source itself")
+        if not source.repository or target.repository.startswith(source.repository + "/"):
+            raise _Bad("the target namespace lies within the source namespace: every run "
+                       "would find the copies and copy them again")
+    return Rule(origin=origin, source=Reference(source.registry, source.repository), tags=(),
+                tag_pattern=source.pattern, target=target, filters=filters, catalog=True)
+
+
+def catalog_rule(
+    origin: str, source: str, target: str, *, pattern: str | None = None,
+    filters: TagFilters = NO_FILTERS,
+) -> Rule:
+    """A catalog rule from its source (`registry/ns/*`) and target namespace, as a fleet task
+    carries them; raises ConfigError when they do not parse."""
+    try:
+        registry, namespace = _check_catalog_name(source)
+        parsed = _Source(registry, namespace, (), None, pattern, catalog=True)
+        return _make_catalog_rule(origin, parsed, _parse_catalog_target(target), filters)
+    except _Bad as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _make_rule(
+    origin: str,
+    source: _Source,
+    source_tag: str | None,
+    target: Reference,
+    filters: TagFilters = NO_FILTERS,
+) -> Rule:
     """Check the source/target pair (rules 6 and 7) and build the rule."""
     if target.tag is not None and source.digest is None:
         if source.pattern is not None:
@@ -300,6 +432,7 @@ def _make_rule(origin: str, source: _Source, source_tag: str | None, target: Ref
         tags=source.tags,
         tag_pattern=source.pattern,
         target=target,
+        filters=filters,
     )
     if rule.source.name == rule.target.name:
         # Re-tagging inside one repository is fine; writing an image onto itself is not.
@@ -346,8 +479,76 @@ def _conflicts(rules: list[Rule], filename: str) -> list[str]:
     return problems
 
 
+OPTION_KEYS = ("target", "targets", "include", "exclude", "semver", "newest", "catalog")
+
+
+@dataclass(frozen=True)
+class _Options:
+    """A rule written as a mapping: its targets (what a plain value may be) and options."""
+
+    targets: object = None
+    filters: TagFilters = NO_FILTERS
+    catalog: bool = False
+
+
+def _patterns(key: str, value: object) -> tuple[tuple[str, ...], list[str]]:
+    """An include/exclude list: a string or a list of non-empty strings."""
+    if value is None:
+        return (), []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        return (), [f"{key}: must be a regex or a list of regexes (strings), "
+                    f"not {describe_type(value)}"]
+    if key == "include" and not items:
+        return (), ["include: the list is empty, so no tag would be kept: drop the key to "
+                    "keep every tag"]
+    if any(not item for item in items):
+        return (), [f"{key}: an empty regex matches every tag"]
+    return tuple(items), []
+
+
+def _read_options(value: Mapping, origin: str) -> tuple[_Options, list[str]]:
+    """The keys of a rule written as a mapping; every problem, each naming its key."""
+    problems = [duplicate_problem(origin, key, line) for key, line in duplicate_keys(value)]
+    for key in value:
+        if key not in OPTION_KEYS:
+            message = f"{origin}: unknown key {quote(key)}"
+            close = difflib.get_close_matches(str(key), OPTION_KEYS, n=1)
+            problems.append(message + (f": did you mean {quote(close[0])}?" if close else
+                                       f": the keys are {', '.join(OPTION_KEYS)}"))
+    if "target" in value and "targets" in value:
+        problems.append(f"{origin}: give target or targets, not both")
+    targets = value.get("target", value.get("targets"))
+    found: list[str] = []
+    include, bad = _patterns("include", value.get("include"))
+    found += bad
+    exclude, bad = _patterns("exclude", value.get("exclude"))
+    found += bad
+    semver = value.get("semver")
+    if semver is not None and not isinstance(semver, str):
+        found.append(f"semver: must be a string (quote it), not {describe_type(semver)}")
+        semver = None
+    newest = value.get("newest")
+    if newest is not None and (isinstance(newest, bool) or not isinstance(newest, int)):
+        found.append(f"newest: must be a whole number, not {describe_type(newest)}")
+        newest = None
+    catalog = value.get("catalog", False)
+    if not isinstance(catalog, bool):
+        found.append(f"catalog: must be true or false, not {describe_type(catalog)}")
+        catalog = False
+    filters = TagFilters(include, exclude, semver, newest)
+    found += filters.problems()
+    problems += [f"{origin}: {problem}" for problem in found]
+    return _Options(targets, filters, catalog), problems
+
+
 def _parse(
-    data: object, *, filename: str, default_registry: str | None, default_namespace: str | None
+    data: object,
+    *,
+    filename: str,
+    default_registry: str | None,
+    default_namespace: str | None,
+    allow_catalog: bool = False,
 ) -> tuple[list[Rule], list[str]]:
     if data is None:
         return [], [f"{filename}: no rules: the file is empty"]
@@ -366,12 +567,36 @@ def _parse(
         if not isinstance(key, str):
             problems.append(f"{origin}: the source must be a string, not {describe_type(key)}")
             continue
+        options = _Options(targets=value)
+        if isinstance(value, Mapping):
+            options, found = _read_options(value, origin)
+            problems.extend(found)
+            value = options.targets
+        opted_in = allow_catalog or options.catalog
         source: _Source | None = None
         source_tag: str | None = None
+        usable = True  # False: the source parsed, but its rules must not be built
         try:
-            source, source_tag = _parse_source(key)
+            source, source_tag = _parse_source(key, catalog_hint=opted_in)
         except _Bad as exc:
             problems.append(f"{origin}: {exc}")
+        if source is not None and source.catalog and not opted_in:
+            unit = "namespace" if source.repository else "registry"
+            problems.append(
+                f"{origin}: the source names every repository of a {unit}: a rule cannot copy "
+                "a whole namespace or registry unless asked to: pass --allow-catalog, or write "
+                "the rule as a mapping with catalog: true (the registry must offer its catalog)")
+            usable = False
+        if source is not None and options.catalog and not source.catalog:
+            problems.append(f"{origin}: catalog: true needs a source ending in '/*': "
+                            "registry/namespace/* or registry/*")
+            usable = False
+        if source is not None and options.filters and (source.tags or source.digest):
+            problems.append(
+                f"{origin}: tag filters (include, exclude, semver, newest) choose among the "
+                "source's tags: give them a source without tags (every tag, /regex/ or *)")
+            usable = False
+        as_catalog = source.catalog if source is not None else ("*" in key or options.catalog)
         if isinstance(value, list):
             if not value:
                 problems.append(f"{origin}: the list of targets is empty")
@@ -396,6 +621,11 @@ def _parse(
                 continue  # the same target twice in a list: one copy is enough
             seen.add(text)
             try:
+                if as_catalog:
+                    target = _parse_catalog_target(text) if text else defaults.namespace_target()
+                    if source is not None and usable:
+                        rules.append(_make_catalog_rule(origin, source, target, options.filters))
+                    continue
                 if text:
                     target = _parse_target(text, source)
                 elif source is None:
@@ -404,8 +634,8 @@ def _parse(
                     continue
                 else:
                     target = defaults.target(source)
-                if source is not None:
-                    rules.append(_make_rule(origin, source, source_tag, target))
+                if source is not None and usable:
+                    rules.append(_make_rule(origin, source, source_tag, target, options.filters))
             except _Bad as exc:
                 problems.append(f"{origin}: target {quote(item or '')}: {exc}")
     problems.extend(_conflicts(rules, filename))
@@ -413,14 +643,24 @@ def _parse(
 
 
 def parse_rules(
-    data: object, *, filename: str, default_registry: str | None, default_namespace: str | None
+    data: object,
+    *,
+    filename: str,
+    default_registry: str | None,
+    default_namespace: str | None,
+    allow_catalog: bool = False,
 ) -> list[Rule]:
-    """Validate already-loaded images data; raise one ConfigError listing every problem."""
+    """Validate already-loaded images data; raise one ConfigError listing every problem.
+
+    `allow_catalog` (`--allow-catalog`) lets every `registry/namespace/*` source be listed
+    through the registry's catalog; without it only rules that say `catalog: true` may.
+    """
     rules, problems = _parse(
         data,
         filename=filename,
         default_registry=default_registry,
         default_namespace=default_namespace,
+        allow_catalog=allow_catalog,
     )
     if problems:
         raise ConfigError(problems)
@@ -433,6 +673,7 @@ def load_rules(
     default_registry: str | None,
     default_namespace: str | None,
     required: bool = True,
+    allow_catalog: bool = False,
 ) -> list[Rule]:
     """Read and validate an images file (JSON or YAML). A missing optional file gives []."""
     document = load_document(path, required=required)
@@ -445,4 +686,5 @@ def load_rules(
         filename=os.fspath(path),
         default_registry=default_registry,
         default_namespace=default_namespace,
+        allow_catalog=allow_catalog,
     )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol, TypeVar
 
 from migrator.auth import AuthFile
@@ -71,6 +72,8 @@ class EmbeddedRunner:
         workers: int = 7,
         retries: int = 3,
         dry_run: bool = False,
+        platforms: frozenset[str] = frozenset(),
+        referrers: bool = True,
     ) -> None:
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
@@ -81,6 +84,8 @@ class EmbeddedRunner:
         self.workers = max(1, workers)
         self.retries = max(0, retries)
         self.dry_run = dry_run
+        self.platforms = platforms
+        self.referrers = referrers
 
     def run(self, rules: Sequence[Rule]) -> Summary:
         summary = Summary()
@@ -117,8 +122,20 @@ class EmbeddedRunner:
             client = self.clients.get(rule.source.registry, rule.source.repository)
             return rule.jobs(client.list_tags(rule.source.repository))
 
+        # A catalog rule (`registry/ns/*`) first becomes one all-tags rule per repository the
+        # registry lists; each of those is then expanded, and retried, on its own.
+        listed = [rule for rule in rules if not rule.catalog]
+        catalogs = [rule for rule in rules if rule.catalog]
+        for rule, found, error in _run_all(pool, partial(catalog_rules, self.clients), catalogs):
+            if error is None:
+                summary.generate_failed.pop(rule, None)
+                listed.extend(found or [])
+            else:
+                summary.generate_failed[rule] = error
+                log.error("generate failed for %s: %s", rule.origin, error)
+
         jobs: list[Job] = []
-        for rule, outcome, error in _run_all(pool, expand, rules):
+        for rule, outcome, error in _run_all(pool, expand, listed):
             if error is None:
                 summary.generate_failed.pop(rule, None)
                 jobs.extend(outcome or [])
@@ -137,7 +154,8 @@ class EmbeddedRunner:
         def copy(job: Job) -> CopyResult:
             return copy_image(job, clients=self.clients, ledger=self.ledger,
                               settings=self.settings, blob_pool=blob_pool,
-                              on_bytes=self.reporter.add_bytes, dry_run=self.dry_run)
+                              on_bytes=self.reporter.add_bytes, dry_run=self.dry_run,
+                              platforms=self.platforms, referrers=self.referrers)
 
         failed: list[Job] = []
         for job, result, error in _run_all(image_pool, copy, jobs):
@@ -150,6 +168,12 @@ class EmbeddedRunner:
                 log.error("failed %s: %s", job, error)
             self.reporter.image_done(job, result, error)
         return failed
+
+
+def catalog_rules(clients: Clients, rule: Rule) -> list[Rule]:
+    """A catalog rule as one all-tags rule per repository the registry's catalog lists."""
+    client = clients.get(rule.source.registry, rule.source.repository)
+    return rule.repositories(client.list_repositories(rule.source.repository))
 
 
 def _run_all(
@@ -205,7 +229,15 @@ def verify(rules: Sequence[Rule], clients: Clients, workers: int = 7) -> Verific
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="verify") as pool:
         jobs: list[Job] = []
-        for rule, found, error in _run_all(pool, expand, list(rules)):
+        expandable = [rule for rule in rules if not rule.catalog]
+        catalogs = [rule for rule in rules if rule.catalog]
+        for rule, repositories, error in _run_all(pool, partial(catalog_rules, clients),
+                                                  catalogs):
+            if error is None:
+                expandable.extend(repositories or [])
+            else:
+                report.errors[rule.origin] = error
+        for rule, found, error in _run_all(pool, expand, expandable):
             if error is None:
                 jobs.extend(found or [])
             else:

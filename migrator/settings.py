@@ -10,12 +10,14 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MIGRATOR_", extra="ignore")
+    # hide_input_in_errors: a bad MIGRATOR_SECRET_KEY must not be printed back.
+    model_config = SettingsConfigDict(env_prefix="MIGRATOR_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     # HTTP
     connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection")
@@ -33,6 +35,8 @@ class Settings(BaseSettings):
     blob_attempts: int = Field(3, ge=1, description="tries of one blob copy (fresh upload each)")
     max_manifest_bytes: int = Field(4 << 20, ge=1024, description="largest manifest accepted")
     max_tag_pages: int = Field(1000, ge=1, description="tag-list pages followed at most")
+    tag_list_ttl: float = Field(
+        60.0, ge=0, description="seconds a tag list may be reused to find an image's referrers")
     tag_page_size: int = Field(1000, ge=1, description="tags asked for per tag-list page")
     mount_probe: bool = Field(
         True, description="ask for a blob with a mount from the target repository itself "
@@ -59,6 +63,23 @@ class Settings(BaseSettings):
     lock_wait: float = Field(3600.0, gt=0, description="longest wait for another's blob upload")
     run_ttl: int = Field(30 * 86400, ge=60, description="seconds a run's record is kept")
     schedule_file: str | None = Field(None, description="YAML schedule read by celery beat")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_is_fernet(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty key is no key (`${KEY:-}` in compose files); any other must be a Fernet
+        key, found out here rather than at the first run."""
+        if value is None or not value.get_secret_value():
+            return None
+        from cryptography.fernet import Fernet
+
+        try:
+            Fernet(value.get_secret_value().encode())
+        except ValueError:
+            raise ValueError(
+                "must be a Fernet key (make one with: python -c 'from cryptography.fernet "
+                "import Fernet; print(Fernet.generate_key().decode())')") from None
+        return value
 
     # Worker health, metrics and shutdown (workers/health.py)
     health_dir: Path = Field(

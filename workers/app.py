@@ -18,7 +18,6 @@ import ssl
 from celery import Celery
 
 from migrator.settings import Settings, load_settings
-from workers.schedule import beat_schedule
 
 
 def make_app(settings: Settings) -> Celery:
@@ -50,4 +49,4 @@ def make_app(settings: Settings) -> Celery:
 
 settings = load_settings()
 app = make_app(settings)
-app.conf.beat_schedule = beat_schedule(settings)
+app.conf.beat_scheduler = "workers.schedule:FileScheduler"  # reads MIGRATOR_SCHEDULE_FILE

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.beat import PersistentScheduler
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from migrator.documents import load_document
 from migrator.errors import ConfigError
-from migrator.settings import Settings
+from migrator.settings import Settings, load_settings
 
 START_TASK = "migrator.start_run"
 
@@ -88,3 +89,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         entries[schedule.name] = {"task": START_TASK, "schedule": timing,
                                   "args": [schedule.model_dump(exclude_none=True)]}
     return entries
+
+
+class FileScheduler(PersistentScheduler):
+    """celery beat's scheduler with the entries of `MIGRATOR_SCHEDULE_FILE` added.
+
+    Read here, when beat sets up its schedule, and not when `workers.app` is imported: a
+    worker, Flower or the producer never read the schedule file, so a bad one stops beat only.
+    """
+
+    def setup_schedule(self) -> None:
+        self.app.conf.beat_schedule = {**self.app.conf.beat_schedule,
+                                       **beat_schedule(load_settings())}
+        super().setup_schedule()

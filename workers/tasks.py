@@ -19,7 +19,7 @@ from celery import Task
 
 from migrator.auth import AuthFile, load_auth, merge
 from migrator.copy import ClientPool, Clients, copy_image
-from migrator.errors import RetryableError
+from migrator.errors import MigratorError, RetryableError
 from migrator.fleet import (
     EXPAND_TASK,
     SYNC_TASK,
@@ -29,15 +29,17 @@ from migrator.fleet import (
     start_run,
 )
 from migrator.ledger import RedisLedger
-from migrator.rules import load_rules, resolve_defaults
-from migrator.runner import describe
+from migrator.rules import Job, Rule, load_rules, resolve_defaults
+from migrator.runner import catalog_rules, describe
 from migrator.runs import RunStore
 from migrator.settings import Settings, load_settings
+from workers import health
 from workers.app import app
 from workers.schedule import START_TASK, Schedule
 
 log = logging.getLogger(__name__)
 RUN_AUTH_CACHE = 64
+health.install(app, load_settings())  # liveness heartbeat, metrics, bounded shutdown
 
 
 class WorkerContext:
@@ -107,24 +109,33 @@ class RunTask(Task):
 
 @app.task(bind=True, base=RunTask, name=SYNC_TASK)
 def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str = "",
-               retries: int = 3) -> None:
+               retries: int = 3, platforms: list[str] | None = None,
+               referrers: bool = True) -> None:
     """Copy one image (tag or digest) into the target."""
     self.override_max_retries = retries
     ctx = context()
     job = job_from_args(source, target, rule)
     result = copy_image(job, clients=ctx.clients(run_id), ledger=ctx.ledger,
-                        settings=ctx.settings, blob_pool=ctx.blob_pool)
+                        settings=ctx.settings, blob_pool=ctx.blob_pool,
+                        on_bytes=health.progress(self.request.id),
+                        platforms=frozenset(platforms or ()), referrers=referrers)
+    health.copied(result)
     ctx.runs.succeeded(run_id, f"{source} -> {target}", result.bytes_copied)
 
 
 @app.task(bind=True, base=RunTask, name=EXPAND_TASK)
-def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3) -> None:
+def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
+                **options: object) -> None:
     """List a source's tags and send one `sync_image` per tag the rule selects."""
     self.override_max_retries = retries
     ctx = context()
     parsed = rule_from_args(rule)
-    client = ctx.clients(run_id).get(parsed.source.registry, parsed.source.repository)
-    jobs = parsed.jobs(client.list_tags(parsed.source.repository))
+    retry_later: RetryableError | None = None
+    if parsed.catalog:  # `registry/ns/*`: the catalog's repositories, then each one's tags
+        jobs, retry_later = _expand_catalog(run_id, parsed, ctx.clients(run_id))
+    else:
+        client = ctx.clients(run_id).get(parsed.source.registry, parsed.source.repository)
+        jobs = parsed.jobs(client.list_tags(parsed.source.repository))
     keys = [str(job) for job in jobs]
     ctx.runs.add_jobs(run_id, keys)
     # Send every job not finished yet, not only the new ones: if this task is a redelivery
@@ -134,8 +145,39 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3) -> Non
     for job in jobs:
         if str(job) in unfinished:
             sync_image.apply_async(args=[run_id, str(job.source), str(job.target)],
-                                   kwargs={"rule": job.rule, "retries": retries})
+                                   kwargs={"rule": job.rule, "retries": retries, **options})
+    if retry_later is not None:
+        raise retry_later  # Celery retries the expansion; the jobs sent again are harmless
     ctx.runs.expanded(run_id, rule["rule"])
+
+
+CATALOG_THREADS = 8  # tag lists read at once by one catalog expansion
+
+
+def _expand_catalog(run_id: str, rule: Rule, clients: Clients
+                    ) -> tuple[list[Job], RetryableError | None]:
+    """The jobs of a catalog rule. A repository whose tags cannot be read is recorded as a
+    failed rule of its own, so the rest of the namespace is still copied; a transient failure
+    is handed back, to retry the whole expansion once the rest is sent."""
+    def expand(one: Rule) -> list[Job]:
+        client = clients.get(one.source.registry, one.source.repository)
+        return one.jobs(client.list_tags(one.source.repository))
+
+    jobs: list[Job] = []
+    retry_later: RetryableError | None = None
+    with ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="catalog") as pool:
+        futures = {pool.submit(expand, one): one for one in catalog_rules(clients, rule)}
+        for future, one in futures.items():
+            error = future.exception()
+            if error is None:
+                jobs.extend(future.result())
+            elif isinstance(error, RetryableError):
+                retry_later = error
+            elif isinstance(error, MigratorError):
+                context().runs.expanded(run_id, one.origin, describe(error))
+            else:
+                raise error
+    return jobs, retry_later
 
 
 def send(name: str, args: list, kwargs: dict) -> None:

@@ -127,6 +127,8 @@ class RegistryClient:
                                   timeout=self.timeout)
         self.base_url: str | None = None
         self._ping_lock = threading.Lock()
+        self._tags: dict[str, tuple[float, list[str]]] = {}
+        self._tags_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -266,8 +268,24 @@ class RegistryClient:
 
     # -- the API ----------------------------------------------------------------------------
 
-    def list_tags(self, repository: str) -> list[str]:
-        """All tags, following `Link: <...>; rel="next"` pages (`?n=` asks for big pages)."""
+    def list_tags(self, repository: str, *, max_age: float = 0.0) -> list[str]:
+        """All tags, following `Link: <...>; rel="next"` pages (`?n=` asks for big pages).
+
+        Every listing is remembered; a caller that can live with a list up to `max_age`
+        seconds old (looking for an image's referrers right after its rule was expanded) gets
+        it without a request. Expanding a rule always reads afresh.
+        """
+        now = time.monotonic()
+        with self._tags_lock:
+            cached = self._tags.get(repository)
+        if cached and now - cached[0] < max_age:
+            return list(cached[1])
+        tags = self._list_tags(repository)
+        with self._tags_lock:
+            self._tags[repository] = (now, tags)
+        return list(tags)
+
+    def _list_tags(self, repository: str) -> list[str]:
         scopes = (repository_scope(repository, "pull"),)
         url = self.url(f"/v2/{repository}/tags/list?n={self.settings.tag_page_size}")
         tags: list[str] = []
@@ -389,6 +407,57 @@ class RegistryClient:
             raise RegistryError(f"{self.registry}: upload answered without a Location",
                                 method=response.request.method or "", url=redact(response.url))
         return urljoin(response.url, location)
+
+    # -- the catalog (issue "choosing what to copy": sources `registry/namespace/*`) -----------
+
+    def list_repositories(self, prefix: str = "") -> list[str]:
+        """The repositories the catalog (`GET /v2/_catalog`) lists below the namespace
+        `prefix` ("" for all), following `Link` pages like `list_tags`.
+
+        The catalog is optional in the Distribution spec and many registries refuse it (Docker
+        Hub, GHCR) or hide it from some accounts; both are permanent errors that say so.
+        """
+        scopes = ("registry:catalog:*",)
+        url = self.url(f"/v2/_catalog?n={self.settings.tag_page_size}")
+        below = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        found: list[str] = []
+        for _ in range(self.settings.max_tag_pages):
+            response = self.request("GET", url, scopes=scopes,
+                                    expect=(200, 401, 403, 404, 405))
+            if response.status_code != 200:
+                raise self._catalog_refused(url, response)
+            try:
+                page = response.json().get("repositories") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{self.registry}: the catalog is not JSON",
+                                    method="GET", url=redact(url)) from None
+            found.extend(name for name in map(str, page) if name.startswith(below))
+            next_link = response.links.get("next", {}).get("url")
+            if not next_link:
+                return found
+            url = urljoin(url, next_link)
+            if urlsplit(url).netloc != urlsplit(self.base_url or "").netloc:
+                raise RegistryError(f"{self.registry}: catalog pagination leads to another host",
+                                    method="GET", url=redact(url))
+        raise RegistryError(
+            f"{self.registry}: the catalog has more than {self.settings.max_tag_pages} pages",
+            method="GET", url=redact(url))
+
+    def _catalog_refused(self, url: str, response: requests.Response) -> RegistryError:
+        status = response.status_code
+        code, detail = _oci_error(response)
+        response.close()
+        where = dict(method="GET", url=redact(url), status=status, code=code, detail=detail)
+        if status in (401, 403) or code in ("DENIED", "UNAUTHORIZED"):
+            who = (f"user {self.credentials.username!r}" if self.credentials.username
+                   else "anonymous access")
+            return RegistryError(
+                f"{self.registry} refuses its catalog (the list of its repositories) to {who}: "
+                "give an account with catalog rights (registry:catalog:*), or write one rule "
+                "per repository", **where)
+        return RegistryError(
+            f"{self.registry} does not offer its catalog (the list of its repositories): "
+            "write one rule per repository", **where)
 
 
 def _short(exc: BaseException) -> str:

@@ -45,6 +45,7 @@ class Descriptor:
     digest: str
     size: int
     media_type: str = ""
+    platform: str = ""  # "os/architecture[/variant]" for the children of an index, else ""
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,43 @@ def _descriptor(item: object, where: str) -> Descriptor:
     size = item.get("size", -1)
     if not isinstance(size, int):
         raise RegistryError(f"malformed manifest: descriptor {item['digest']} has a bad size")
-    return Descriptor(item["digest"], size, str(item.get("mediaType", "")))
+    return Descriptor(item["digest"], size, str(item.get("mediaType", "")),
+                      _platform(item.get("platform")))
+
+
+def _platform(value: object) -> str:
+    if not isinstance(value, dict) or not value.get("os") or not value.get("architecture"):
+        return ""
+    parts = [str(value["os"]), str(value["architecture"])]
+    if value.get("variant"):
+        parts.append(str(value["variant"]))
+    return "/".join(parts)
+
+
+def platform_matches(platform: str, wanted: frozenset[str]) -> bool:
+    """`linux/arm64` matches `linux/arm64` and `linux/arm64/v8`; `linux/arm/v7` only itself."""
+    return platform in wanted or "/".join(platform.split("/")[:2]) in wanted
+
+
+def filter_index(index: Manifest, platforms: frozenset[str]) -> Manifest:
+    """The index with only the children of the wanted platforms: new bytes, a new digest.
+
+    Children without a platform (signatures, attestations, the entries of a referrers index)
+    are kept: they are not images of another platform.
+    """
+    body = json.loads(index.raw)
+    kept = [item for item in body.get("manifests") or []
+            if not _platform(item.get("platform")) or
+            platform_matches(_platform(item.get("platform")), platforms)]
+    if not any(_platform(item.get("platform")) for item in kept):
+        offered = sorted({child.platform for child in index.children if child.platform})
+        raise RegistryError(f"no platform of the index matches {', '.join(sorted(platforms))} "
+                            f"(it offers {', '.join(offered) or 'none'})")
+    if len(kept) == len(body.get("manifests") or []):
+        return index
+    body["manifests"] = kept
+    raw = json.dumps(body, indent=3).encode()
+    return parse_manifest(raw, index.media_type)
 
 
 def parse_manifest(raw: bytes, content_type: str, digest: str | None = None) -> Manifest:

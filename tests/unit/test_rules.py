@@ -446,7 +446,7 @@ def test_regex_in_target_refused():
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [(5, "a number"), (True, "a boolean"), ({"a": "b"}, "a mapping"), (1.5, "a number")],
+    [(5, "a number"), (True, "a boolean"), (1.5, "a number")],
 )
 def test_wrong_value_types(value, kind):
     assert problems_of({"quay.io/coreos/etcd:v1": value}) == [
@@ -758,3 +758,252 @@ def test_job_str_and_frozen():
 def test_rule_jobs_ignores_tag_list_when_not_needed():
     rule = Rule("f: 'k'", Reference("quay.io", "a/b"), ("v1",), None, Reference("r.io", "x/b"))
     assert [str(job) for job in rule.jobs(["v2"])] == ["quay.io/a/b:v1 -> r.io/x/b:v1"]
+
+
+# --- tag filters: a rule written as a mapping ----------------------------------------------
+
+TAGS = ["latest", "nightly", "v1.2.3", "1.10.0", "1.9.0", "2.0.0-rc.1", "1.9.1-alpine",
+        "v3.4.1", "3.5.0", "4.0.0"]
+
+
+def selected(options, tags=TAGS, source="quay.io/coreos/etcd"):
+    rule = one_rule(source, options)
+    return [job.source.tag for job in rule.jobs(tags)]
+
+
+def test_mapping_with_target_and_no_filter_is_the_plain_rule():
+    assert one_rule("quay.io/a/etcd", {"target": "r.io/x/etcd"}) == one_rule(
+        "quay.io/a/etcd", "r.io/x/etcd")
+    assert one_rule("quay.io/a/etcd:v1", {"target": None}).target == Reference(
+        "registry.example.com", "test/etcd")
+    rules = rules_of({"quay.io/a/etcd:v1": {"targets": ["r.io/x/etcd", ""]}})
+    assert [str(rule.target) for rule in rules] == ["r.io/x/etcd", "registry.example.com/test/etcd"]
+    assert one_rule("quay.io/a/etcd", {}).target.name == "registry.example.com/test/etcd"
+
+
+def test_include_searches_and_exclude_drops():
+    assert selected({"include": ["^v"]}) == ["v1.2.3", "v3.4.1"]
+    assert selected({"include": "^v3\\.|^4"}) == ["v3.4.1", "4.0.0"]  # one string = one regex
+    assert selected({"include": ["^v", "alpine"]}) == ["v1.2.3", "1.9.1-alpine", "v3.4.1"]
+    assert selected({"exclude": ["-rc", "alpine", "^[a-z]+$"]}) == [
+        "v1.2.3", "1.10.0", "1.9.0", "v3.4.1", "3.5.0", "4.0.0"]
+    assert selected({"include": ["^v"], "exclude": ["^v1"]}) == ["v3.4.1"]
+
+
+def test_filters_combine_with_a_tag_regex():
+    # The `/regex/` of the key keeps its full match; the mapping's filters apply after it.
+    assert selected({"exclude": ["^v3"]}, source="quay.io/coreos/etcd:/v.*/") == ["v1.2.3"]
+
+
+@pytest.mark.parametrize(
+    ("semver", "tags"),
+    [
+        (">=3.4, <4", ["v3.4.1", "3.5.0"]),
+        (">= 3.4 <4", ["v3.4.1", "3.5.0"]),  # spaces as in npm
+        (">=v1.9", ["1.10.0", "1.9.0", "v3.4.1", "3.5.0", "4.0.0"]),  # no pre-release
+        (">=2.0.0-rc.0", ["2.0.0-rc.1", "v3.4.1", "3.5.0", "4.0.0"]),  # names one: allowed
+        ("^1.9", ["1.10.0", "1.9.0"]),
+        ("^1", ["v1.2.3", "1.10.0", "1.9.0"]),
+        ("~1.9", ["1.9.0"]),
+        ("~3", ["v3.4.1", "3.5.0"]),
+        ("1.x", ["v1.2.3", "1.10.0", "1.9.0"]),
+        ("1.2.3", ["v1.2.3"]),
+        ("=v4.0.0", ["4.0.0"]),
+        ("==1.*", ["v1.2.3", "1.10.0", "1.9.0"]),
+        ("~=3.4", ["v3.4.1", "3.5.0"]),
+        ("<1.10 || >=4", ["v1.2.3", "1.9.0", "4.0.0"]),
+        ("!=3.5.0, >=3", ["v3.4.1", "4.0.0"]),
+    ],
+)
+def test_semver_ranges(semver, tags):
+    assert selected({"semver": semver}) == tags
+
+
+def test_caret_and_tilde_follow_npm_below_1():
+    tags = ["0.1.0", "0.2.0", "0.2.5", "0.3.0", "0.0.3", "0.0.4"]
+    assert selected({"semver": "^0.2.1"}, tags) == ["0.2.5"]
+    assert selected({"semver": "^0.0.3"}, tags) == ["0.0.3"]
+    assert selected({"semver": "~0.2"}, tags) == ["0.2.0", "0.2.5"]
+
+
+def test_newest_in_version_order_when_every_tag_is_a_version():
+    assert selected({"semver": ">=1", "newest": 3}) == ["v3.4.1", "3.5.0", "4.0.0"]
+    assert selected({"include": ["^1\\.(9|10)\\.0$"], "newest": 1}) == ["1.10.0"]  # not "1.9.0"
+    # Pre-releases are versions too, ordered below their release.
+    assert selected({"include": ["^2", "^1.10"], "newest": 1}) == ["2.0.0-rc.1"]
+    assert selected({"newest": 1}, ["1.0", "v1.0"]) == ["1.0"]  # equal: list order decides
+
+
+def test_newest_in_list_order_when_some_tags_are_not_versions():
+    assert selected({"newest": 2}) == ["3.5.0", "4.0.0"]  # the last two of the list
+    assert selected({"newest": 3}, ["b", "a", "1.0"]) == ["b", "a", "1.0"]
+    assert selected({"newest": 2}, ["1.0", "latest", "0.9"]) == ["latest", "0.9"]
+    assert selected({"newest": 50}) == TAGS
+
+
+def test_yaml_rule_with_filters(tmp_path):
+    path = write(tmp_path, "images.yaml", """\
+quay.io/coreos/etcd:
+  target: registry.example.com/test/etcd
+  include: ['^v?3\\.']
+  exclude: [-rc, alpha]
+  semver: ">=3.4, <4"
+  newest: 5
+""")
+    (rule,) = load(path)
+    assert rule.filters.include == ("^v?3\\.",)
+    assert rule.filters.exclude == ("-rc", "alpha")
+    assert rule.filters.semver == ">=3.4, <4"
+    assert rule.filters.newest == 5
+    assert [job.source.tag for job in rule.jobs(TAGS)] == ["v3.4.1", "3.5.0"]
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"inlcude": "x"}, "unknown key 'inlcude': did you mean 'include'?"),
+        ({"newset": 3}, "unknown key 'newset': did you mean 'newest'?"),
+        ({"zzz": 1}, "unknown key 'zzz': the keys are target, targets, include"),
+        ({"target": "r.io/a/b", "targets": []}, "give target or targets, not both"),
+        ({"include": []}, "include: the list is empty"),
+        ({"include": [""]}, "include: an empty regex matches every tag"),
+        ({"exclude": 3}, "exclude: must be a regex or a list of regexes (strings), not a number"),
+        ({"exclude": ["ok", 3]}, "exclude: must be a regex or a list of regexes"),
+        ({"include": ["v1("]}, "include: invalid regex 'v1(': missing ), unterminated"),
+        ({"semver": 1.2}, "semver: must be a string (quote it), not a number"),
+        ({"semver": ""}, "semver: the range is empty"),
+        ({"semver": "latest"}, "semver: 'latest': 'latest' is not a comparison such as >=1.2"),
+        ({"semver": ">=1.0 ||"}, "an alternative of '||' is empty"),
+        ({"semver": ">=abc1"}, "is not a comparison"),
+        ({"semver": "^1.x"}, "'1.x' is not a version"),
+        ({"newest": 0}, "newest: must be at least 1, not 0"),
+        ({"newest": "5"}, "newest: must be a whole number, not a string"),
+        ({"newest": True}, "newest: must be a whole number, not a boolean"),
+        ({"catalog": "yes"}, "catalog: must be true or false, not a string"),
+        ({"target": 5}, "the target must be a string, null or a list of strings, not a number"),
+    ],
+)
+def test_option_problems(options, fragment):
+    (problem,) = problems_of({"quay.io/coreos/etcd": options})
+    assert problem.startswith("images.json: 'quay.io/coreos/etcd': ")
+    assert fragment in problem
+
+
+def test_every_option_problem_at_once():
+    problems = problems_of({
+        "quay.io/coreos/etcd": {"inlcude": "x", "newest": 0, "semver": "bad", "exclude": "("},
+        "quay.io/coreos/ok": {"newest": 1},
+    })
+    assert len(problems) == 4
+    assert all(problem.startswith("images.json: 'quay.io/coreos/etcd': ") for problem in problems)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["quay.io/coreos/etcd:v1", "quay.io/coreos/etcd:v1,v2", f"quay.io/coreos/etcd@{DIGEST}"],
+)
+def test_filters_need_a_source_without_tags(source):
+    (problem,) = problems_of({source: {"newest": 2}})
+    assert problem == (
+        f"images.json: '{source}': tag filters (include, exclude, semver, newest) choose among "
+        "the source's tags: give them a source without tags (every tag, /regex/ or *)")
+
+
+def test_duplicate_option_keys_yaml(tmp_path):
+    path = write(tmp_path, "images.yaml", "quay.io/a/b:\n  newest: 1\n  newest: 2\n")
+    (problem,) = load_problems(path)
+    assert problem == (f"{path}: 'quay.io/a/b': 'newest': duplicate key (again on line 3): "
+                       "only the last value would count")
+
+
+# --- a whole namespace through the registry's catalog --------------------------------------
+
+
+def test_star_source_is_refused_without_the_opt_in():
+    (problem,) = problems_of({"quay.io/coreos/*": "r.io/mirror"})
+    assert problem == (
+        "images.json: 'quay.io/coreos/*': the source names every repository of a namespace: a "
+        "rule cannot copy a whole namespace or registry unless asked to: pass --allow-catalog, "
+        "or write the rule as a mapping with catalog: true (the registry must offer its catalog)")
+    (problem,) = problems_of({"quay.io/*": ""})
+    assert "every repository of a registry" in problem
+
+
+def test_catalog_rule_with_the_flag_or_per_rule():
+    by_flag = parse_rules({"quay.io/coreos/*": "r.io/mirror"}, filename="images.json",
+                          default_registry=None, default_namespace=None, allow_catalog=True)
+    per_rule = one_rule("quay.io/coreos/*", {"catalog": True, "target": "r.io/mirror/*"})
+    for rule in (by_flag[0], per_rule):
+        assert rule.catalog and rule.needs_tag_list
+        assert rule.source == Reference("quay.io", "coreos")
+        assert rule.target == Reference("r.io", "mirror")
+        assert rule.catalog_source == "quay.io/coreos/*"
+    with pytest.raises(ValueError):
+        per_rule.jobs(["v1"])
+
+
+def test_catalog_layout_below_the_target_namespace():
+    rule = one_rule("quay.io/team/*:/v1.*/", {"catalog": True, "target": "r.io/m", "newest": 1})
+    found = rule.repositories(["team/app", "team/deep/er/x", "other/app", "team", "teams/y",
+                               "team/app", "team/Bad"])
+    assert [(str(one.source), str(one.target)) for one in found] == [
+        ("quay.io/team/app", "r.io/m/app"), ("quay.io/team/deep/er/x", "r.io/m/deep/er/x")]
+    assert found[0].origin == "images.json: 'quay.io/team/*:/v1.*/' (quay.io/team/app)"
+    assert not found[0].catalog and found[0].tag_pattern == "v1.*"
+    assert [job.source.tag for job in found[0].jobs(["v1.0", "v1.1", "v2"])] == ["v1.1"]
+
+
+def test_catalog_of_a_whole_registry_and_default_target():
+    rule = one_rule("harbor.local:8443/*", {"catalog": True})
+    assert rule.source == Reference("harbor.local:8443", "")
+    assert rule.catalog_source == "harbor.local:8443/*"
+    assert rule.target == Reference("registry.example.com", "test")
+    assert [str(one.target) for one in rule.repositories(["a/b", "c"])] == [
+        "registry.example.com/test/a/b", "registry.example.com/test/c"]
+    (problem,) = problems_of({"quay.io/a/*": {"catalog": True}}, registry=None)
+    assert "no default registry" in problem
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "fragment"),
+    [
+        ("quay.io/a/x*", "r.io/m", "'*' stands for every repository only as the last"),
+        ("quay.io/*/x", "r.io/m", "'*' stands for every repository only as the last"),
+        ("quay.io/a/*:v1", "r.io/m", "a source with '*' copies every tag of each repository"),
+        (f"quay.io/a/*@{DIGEST}", "r.io/m", "names no tag or digest"),
+        ("quay.io/A/*", "r.io/m", "invalid repository path component 'A'"),
+        ("quay.io/a/*", "r.io", "the target of a source with '*' is a namespace"),
+        ("quay.io/a/*", "r.io/m:v1", "the target of a source with '*' is a namespace"),
+        ("quay.io/a/*", "quay.io/a", "the target is the source itself"),
+        ("quay.io/a/*", "quay.io/a/mirror", "the target namespace lies within the source"),
+        ("quay.io/*", "quay.io/mirror", "the target namespace lies within the source"),
+    ],
+)
+def test_catalog_problems(source, target, fragment):
+    (problem,) = problems_of({source: {"catalog": True, "target": target}})
+    assert problem.startswith(f"images.json: '{source}': ")
+    assert fragment in problem
+
+
+def test_catalog_true_needs_a_star_and_the_hint_names_it():
+    (problem,) = problems_of({"quay.io/a/etcd": {"catalog": True}})
+    assert "catalog: true needs a source ending in '/*'" in problem
+    problems = problems_of({"quay.io/coreos": {"catalog": True}})
+    assert problems[0].endswith("or quay.io/coreos/* for every repository the registry lists")
+
+
+def test_filters_travel_to_the_fleet_as_plain_json():
+    from migrator.fleet import expand_args, rule_from_args
+
+    plain = one_rule("quay.io/a/etcd:/v.*/", {"target": "r.io/x/etcd", "include": "^v3",
+                                              "exclude": ["-rc"], "semver": ">=3", "newest": 2})
+    catalog = one_rule("quay.io/a/*", {"catalog": True, "target": "r.io/m", "semver": "^1"})
+    whole = one_rule("quay.io/*", {"catalog": True, "target": "r.io/m"})
+    for rule in (plain, catalog, whole, one_rule("quay.io/a/etcd", "")):
+        args = json.loads(json.dumps(expand_args(rule)))
+        back = rule_from_args(args)
+        assert (back.source, back.target, back.tag_pattern, back.filters, back.catalog) == (
+            rule.source, rule.target, rule.tag_pattern, rule.filters, rule.catalog)
+    assert expand_args(catalog)["source"] == "quay.io/a/*" and expand_args(catalog)["catalog"]
+    assert set(expand_args(one_rule("quay.io/a/etcd", ""))) == {
+        "source", "pattern", "target", "rule"}  # unchanged for a rule without filters
