@@ -69,6 +69,7 @@ EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
 EXIT_HANDED_BACK = os.EX_TEMPFAIL  # the worker exited with tasks handed back to the queue
 PROGRESS_TOUCH_INTERVAL = 1.0  # seconds between two touches of a task's progress file
+HAND_BACK_NOT_BEFORE = 2.0  # seconds after SIGTERM (see _hand_back_after)
 
 # -- metrics -----------------------------------------------------------------------------
 
@@ -369,7 +370,9 @@ def _shutting_down(how: str = "Warm", **_: Any) -> None:
 def _hand_back_after(timeout: float) -> None:
     from celery.worker import state
 
-    deadline = time.monotonic() + timeout
+    # Not before the consumer's last BRPOP (1 s) has expired: a task pushed back while it
+    # is pending would be delivered to this very worker, which no longer reads it.
+    deadline = time.monotonic() + max(timeout, HAND_BACK_NOT_BEFORE)
     while time.monotonic() < deadline:
         if not state.reserved_requests and not state.active_requests:
             return  # everything finished: Celery's warm shutdown ends on its own
@@ -379,7 +382,10 @@ def _hand_back_after(timeout: float) -> None:
     handed = []
     for request in dict.fromkeys(requests):
         try:
-            request.reject(requeue=True)
+            # The message itself, now: Request.reject() would only schedule the reject on
+            # the consumer's event loop, which a warm shutdown has stopped.
+            request.message.reject(requeue=True)
+            request.acknowledged = True  # nothing may ack it any more
             handed.append(request.id)
         except Exception as exc:  # the broker is gone: the visibility timeout will do it
             log.error("task %s could not be handed back (%s); Redis redelivers it after "

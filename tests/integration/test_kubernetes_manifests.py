@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -134,11 +135,16 @@ def apply_generators(directory: Path, spec: dict[str, Any],
                      objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for field, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
         for generator in spec.get(field, []):
-            data = {}
-            for entry in generator["files"]:
+            assert set(generator) <= {"name", "namespace", "behavior", "files", "literals"}
+            texts = {}
+            for entry in generator.get("files", []):
                 key, _, source = entry.rpartition("=") if "=" in entry else (entry, "", entry)
-                text = (directory / source).read_text()
-                data[key] = base64.b64encode(text.encode()).decode() if kind == "Secret" else text
+                texts[key] = (directory / source).read_text()
+            for entry in generator.get("literals", []):
+                key, _, value = entry.partition("=")
+                texts[key] = value
+            data = {key: base64.b64encode(text.encode()).decode() if kind == "Secret" else text
+                    for key, text in texts.items()}
             existing = [obj for obj in objects
                         if obj["kind"] == kind and obj["metadata"]["name"] == generator["name"]]
             assert generator.get("behavior") in ("replace", "merge"), generator
@@ -628,9 +634,11 @@ def test_service_monitors_scrape_the_workers_and_flower(base):
 
 def readme_overlay() -> str:
     text = (ROOT / "deploy" / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n# my-migration/kustomization.yaml\n(.*?)```", text, re.S)
+    blocks = re.findall(r"^( *)```yaml\n\1# my-migration/kustomization.yaml\n(.*?)^\1```",
+                        text, re.S | re.M)
     assert len(blocks) == 1, "deploy/README.md shows the overlay once"
-    return blocks[0]
+    indent, body = blocks[0]
+    return textwrap.dedent(body)
 
 
 def test_the_readme_overlay_builds_with_the_users_files(tmp_path):
@@ -646,6 +654,8 @@ def test_the_readme_overlay_builds_with_the_users_files(tmp_path):
     secret = find(objects, "Secret", "migrator-auth")
     assert base64.b64decode(secret["data"]["auth.json"]).decode() == auth
     assert "stringData" not in secret  # the example is gone, not merged
+    flower = find(objects, "Secret", "migrator-flower")
+    assert base64.b64decode(flower["data"]["basic_auth"]).decode() != "admin:change-me"
     config = find(objects, "ConfigMap", "migrator-config")["data"]
     assert "v3.5.1" in config["images.json"] and "schedule.yaml" in config
     images = {container["image"] for _, container in

@@ -66,9 +66,14 @@ def free_port() -> int:
 
 
 def metrics(port: int) -> dict[str, float]:
+    """The worker's samples by name and labels: `migrator_blobs_total{result="mounted"}`
+    (labels sorted by name)."""
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {match[1]: float(match[2]) for match in
-            re.finditer(r"^(migrator_[^ ]+) ([0-9.e+-]+)$", text, re.MULTILINE)}
+    samples = {}
+    for name, labels, value in re.findall(r"^(migrator_\w+)(?:\{(.*)\})? (\S+)$", text, re.M):
+        pairs = ",".join(sorted(re.findall(r'\w+="[^"]*"', labels)))
+        samples[f"{name}{{{pairs}}}" if pairs else name] = float(value)
+    return samples
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> None:
@@ -142,7 +147,7 @@ def test_a_stalled_copy_fails_liveness_and_the_metrics_count_copies(
     after = metrics(port)
     assert after["migrator_images_total{outcome=\"copied\"}"] == 1
     assert after["migrator_images_total{outcome=\"failed\"}"] == 1
-    assert after["migrator_failures_total{task=\"sync_image\",reason=\"not_found\"}"] == 1
+    assert after["migrator_failures_total{reason=\"not_found\",task=\"sync_image\"}"] == 1
     assert after["migrator_blobs_total{result=\"uploaded\"}"] == 2  # the layer and the config
     assert after["migrator_bytes_copied_total"] > len(layer)
     assert after["migrator_bytes_streamed_total"] >= after["migrator_bytes_copied_total"]
@@ -192,7 +197,7 @@ def test_sigterm_past_the_shutdown_timeout_hands_the_task_back(fleet, source_reg
                                                                target_registry, fault_proxy):
     image, proxy = start_slow_copy(fleet, source_registry, target_registry, fault_proxy, 8.0)
     worker = fleet.start_worker("doomed", concurrency=1,
-                                extra_env={"MIGRATOR_SHUTDOWN_TIMEOUT": "1"})
+                                extra_env={"MIGRATOR_SHUTDOWN_TIMEOUT": "2"})
     code, out, _ = fleet.enqueue()
     run_id = out.strip()
     wait_for(lambda: proxy.fired)
