@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run ended, some images or rules failed
 EXIT_BAD_INPUT = 2  # nothing ran: flags, rules or auth file are wrong
+EXIT_UNAVAILABLE = 3  # nothing ran: Redis (broker, ledger, runs) could not be reached
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("migrator")
@@ -472,6 +474,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not _is_broker_error(exc):
+            raise
+        where = urlsplit(settings_from(environ).redis_url)
+        print(f"error: Redis at {where.hostname}:{where.port or 6379} unavailable "
+              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check "
+              "MIGRATOR_REDIS_URL and that Redis runs", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _is_broker_error(exc: BaseException) -> bool:
+    """Redis refused or unreachable, seen through redis-py or through Celery's kombu."""
+    redis_module = sys.modules.get("redis")
+    kombu_module = sys.modules.get("kombu.exceptions")
+    kinds: tuple[type[BaseException], ...] = ()
+    if redis_module is not None:
+        kinds += (redis_module.exceptions.RedisError,)
+    if kombu_module is not None:
+        kinds += (kombu_module.OperationalError,)
+    return bool(kinds) and isinstance(exc, kinds)
 
 
 if __name__ == "__main__":

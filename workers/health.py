@@ -16,8 +16,8 @@ Liveness: `python -m workers.health` (the Kubernetes liveness and startup probe)
     The check exits 1 when a live worker's loop has been silent for `MIGRATOR_LIVENESS_TIMEOUT`
     seconds, when one of its tasks moved no byte for `MIGRATOR_STALL_TIMEOUT` seconds, or when
     there is no live worker at all; 0 otherwise. Files of processes that no longer exist are
-    ignored (a restarted worker removes them). It reads files only: no Redis, no Celery
-    connection, so a probe costs a Python start and a few stat() calls.
+    ignored (a restarted worker removes them). It reads files only, no Redis: a probe costs
+    a Python start (importing the `workers` package, about 0.5 s of CPU) and a few stat().
 
 Metrics: `MIGRATOR_METRICS_PORT` (0, the default: off)
     Each worker process serves `/metrics` for Prometheus: bytes copied and streamed, blobs
@@ -186,6 +186,7 @@ class _State:
         self.settings: Settings | None = None
         self.tasks: dict[str, Progress] = {}
         self.lock = threading.Lock()
+        self.handing_back = False  # a hand-back is armed (a second SIGTERM arms no other)
 
     @property
     def dir(self) -> Path | None:
@@ -228,20 +229,29 @@ class LivenessBeat(bootsteps.StartStopStep):
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.tref: Any = None
+        self.failing = False
 
     def start(self, c: Any) -> None:
         if _state.settings is None:
             return
-        path = _worker_file()
-        path.with_name(path.name + ".stopping").unlink(missing_ok=True)
-        _touch(path)
+        self.failing = False
+        try:
+            path = _worker_file()
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.with_name(path.name + ".stopping").unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("liveness heartbeat in %s: %s", _state.dir, exc)
+        self.beat()
         self.tref = c.timer.call_repeatedly(heartbeat_interval(_state.settings), self.beat)
 
     def beat(self) -> None:
         try:
             _touch(_worker_file())
-        except OSError as exc:
-            log.warning("liveness heartbeat not written: %s", exc)
+            self.failing = False
+        except OSError as exc:  # the probe will say so; the worker itself goes on
+            if not self.failing:
+                log.error("liveness heartbeat not written: %s", exc)
+            self.failing = True
 
     def stop(self, c: Any) -> None:
         if self.tref is not None:
@@ -267,11 +277,13 @@ class MetricsServer(bootsteps.StartStopStep):
         from prometheus_client import start_http_server
 
         assert _state.settings is not None
-        self.server, _ = start_http_server(_state.settings.metrics_port,
-                                           addr=_state.settings.metrics_address,
-                                           registry=metrics_registry())
-        log.info("metrics on http://%s:%d/metrics", _state.settings.metrics_address,
-                 _state.settings.metrics_port)
+        address, port = _state.settings.metrics_address, _state.settings.metrics_port
+        try:
+            self.server, _ = start_http_server(port, addr=address, registry=metrics_registry())
+        except OSError as exc:  # no metrics is no reason to stop copying
+            log.error("no metrics: cannot listen on %s:%d: %s", address, port, exc)
+            return
+        log.info("metrics on http://%s:%d/metrics", address, port)
 
     def stop(self, w: Any) -> None:
         if self.server is not None:
@@ -294,8 +306,11 @@ def install(app: Celery, settings: Settings) -> None:
 def _prepare_dir(**_: Any) -> None:
     if _state.dir is None:
         return
-    _state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _clean_dead(_state.dir)
+    try:
+        _state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _clean_dead(_state.dir)
+    except OSError as exc:
+        log.error("liveness heartbeat directory %s: %s", _state.dir, exc)
 
 
 @signals.task_prerun.connect
@@ -362,7 +377,8 @@ def _shutting_down(how: str = "Warm", **_: Any) -> None:
         marker.with_name(marker.name + ".stopping").touch()
     except OSError:
         pass
-    if how == "Warm" and settings.shutdown_timeout > 0:
+    if how == "Warm" and settings.shutdown_timeout > 0 and not _state.handing_back:
+        _state.handing_back = True
         threading.Thread(target=_hand_back_after, args=(settings.shutdown_timeout,),
                          name="hand-back", daemon=True).start()
 
