@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from migrator import __version__
 from migrator.auth import AuthFile, load_auth
 from migrator.errors import ClusterError, ConfigError
-from migrator.kube import add_config_parser
 from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
 from migrator.rules import Job, Rule, load_rules, parse_rules, resolve_defaults
 from migrator.settings import Settings, load_settings
@@ -92,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", action="store_true", help="follow the run until it ends")
     status.add_argument("--json", action="store_true", help="print the run as JSON")
     add_watch_flags(status)
+    from migrator.kube import add_config_parser  # its module is only for `config`
+
     add_config_parser(commands)
     return parser
 

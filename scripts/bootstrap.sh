@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Installs what running and testing migrator needs: Debian's docker-registry (the test and demo
-# registries) and a virtualenv in .venv with the project and its test extras.
+# Installs what running and testing migrator needs: Debian packages and a virtualenv in .venv
+# with the project and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v docker-registry >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq docker-registry
-    else
-        sudo apt-get update -qq && sudo apt-get install -y -qq docker-registry
-    fi
+# docker-registry: the registries of the demo and the tests; skopeo: the peer the benchmark
+# (and its smoke test) measures against; redis-server: the fleet's broker where none runs.
+missing=""
+command -v docker-registry >/dev/null || missing="$missing docker-registry"
+command -v skopeo >/dev/null || missing="$missing skopeo"
+command -v redis-server >/dev/null || missing="$missing redis-server"
+if [ -n "$missing" ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq $missing
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -104,6 +105,22 @@ def _oci_error(response: requests.Response) -> tuple[str, str]:
         return "", ""
 
 
+class _Adapter(HTTPAdapter):
+    """requests' adapter with urllib3 sending request bodies in `blocksize` pieces.
+
+    urllib3 reads an upload's body 16 KiB at a time by default: for a large blob that is one
+    Python-level read and hash update per 16 KiB, most of the client's CPU. The chunk size
+    keeps the same bounded memory with far fewer calls.
+    """
+
+    def __init__(self, blocksize: int, **kwargs: Any) -> None:
+        self.blocksize = blocksize
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, blocksize=self.blocksize, **kwargs)
+
+
 class RegistryClient:
     """Speaks the v2 API to one registry with one set of credentials. Thread safe."""
 
@@ -114,8 +131,8 @@ class RegistryClient:
         self.settings = settings
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.pool_connections,
-                              max_retries=0)
+        adapter = _Adapter(settings.chunk_size, pool_connections=1,
+                           pool_maxsize=settings.pool_connections, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         verify = credentials.verify

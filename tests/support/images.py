@@ -78,7 +78,10 @@ def make_layer(size: int, seed: int) -> bytes:
     Random bytes do not compress, so the blob is about ``size`` plus ~1 KiB of headers;
     fixed mtimes/owners make the result byte-identical for the same (size, seed).
     """
-    payload = random.Random(seed).randbytes(size)
+    generator = random.Random(seed)
+    piece = 64 << 20  # randbytes overflows a C int past 256 MiB: draw the payload in pieces
+    payload = b"".join(generator.randbytes(min(piece, size - offset))
+                       for offset in range(0, size, piece))
     buf = io.BytesIO()
     with (
         gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz,

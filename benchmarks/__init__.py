@@ -1,0 +1,1 @@
+"""Reproducible speed and memory measurements of migrator against skopeo (see README.md)."""
