@@ -206,7 +206,7 @@ class RedisLedger:
         return f"{self.prefix}blob:{registry}:{digest}"
 
     def blob_repositories(self, registry: str, digest: str) -> set[str]:
-        return {_text(member) for member in self.redis.smembers(self._blob_key(registry, digest))}
+        return {text(member) for member in self.redis.smembers(self._blob_key(registry, digest))}
 
     def add_blob(self, registry: str, digest: str, repository: str) -> None:
         self.redis.sadd(self._blob_key(registry, digest), repository)
@@ -221,7 +221,7 @@ class RedisLedger:
         values = self.redis.hmget(f"{self.prefix}manifest:{target}", "source", "target")
         if not values[0] or not values[1]:
             return None
-        return ManifestRecord(_text(values[0]), _text(values[1]))
+        return ManifestRecord(text(values[0]), text(values[1]))
 
     def record_manifest(self, target: str, record: ManifestRecord) -> None:
         self.redis.hset(f"{self.prefix}manifest:{target}",
@@ -266,5 +266,6 @@ class RedisLedger:
                 return
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients may or may not decode responses)."""
     return value.decode() if isinstance(value, bytes) else value

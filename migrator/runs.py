@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrator.ledger import text
+
 SUFFIXES = ("", ":jobs", ":ok", ":failed", ":expands", ":genfailed", ":auth")
 
 
@@ -167,13 +169,9 @@ class RunStore:
 
     def recent(self, count: int = 20) -> list[RunState]:
         ids = self.redis.zrevrange(f"{self.prefix}runs", 0, count - 1)
-        states = [self.state(_text(run_id)) for run_id in ids]
+        states = [self.state(text(run_id)) for run_id in ids]
         return [state for state in states if state is not None]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _decoded(mapping: dict) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in mapping.items()}
+    return {text(key): text(value) for key, value in mapping.items()}
