@@ -53,11 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_embedded_flags(sync)
     sync.add_argument("--dry-run", action="store_true",
                       help="show what would be copied (tags, new blobs, bytes); write nothing")
-    sync.add_argument("--output-success", metavar="FILE",
-                      help="write the images copied or up to date as an images file")
-    sync.add_argument("--output-failed", metavar="FILE",
-                      help="write the failed images as an images file (reasons in "
-                           "FILE.reasons.json) to run again")
+    add_report_flags(sync)
 
     plan = commands.add_parser(
         "plan", help="what `sync` would copy, writing nothing (same as sync --dry-run)",
@@ -124,6 +120,14 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
                         help="do not copy the signatures, SBOMs and attestations of images")
 
 
+def add_report_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-success", metavar="FILE",
+                        help="write the images copied or up to date as an images file")
+    parser.add_argument("--output-failed", metavar="FILE",
+                        help="write the failed images as an images file (reasons in "
+                             "FILE.reasons.json) to run again")
+
+
 def add_embedded_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--workers", "--proc", type=positive_int, default=7, metavar="N",
                         help="images copied at once (default 7; --proc is image-syncer's name)")
@@ -137,8 +141,7 @@ def add_embedded_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_watch_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-failed", metavar="FILE",
-                        help="write the failed images as an images file to enqueue again")
+    add_report_flags(parser)
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop waiting after this long (exit code 1 if unfinished)")
 
@@ -406,7 +409,7 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                           "summary": state.line()}, indent=2))
     else:
         print_run(state)
-    write_failed(state, args.output_failed)
+    write_run_reports(store, state, args)
     if not state.finished:
         return EXIT_FAILED
     return EXIT_OK if state.ok else EXIT_FAILED
@@ -428,7 +431,7 @@ def watch_run(store: RunStore, run_id: str, args: argparse.Namespace) -> int:
     finally:
         reporter.close()
     print_run(state)
-    write_failed(state, args.output_failed)
+    write_run_reports(store, state, args)
     if not state.finished:
         print(f"run {run_id} is still running", file=sys.stderr)
         return EXIT_FAILED
@@ -447,14 +450,15 @@ def print_run(state: RunState) -> None:
               f"{state.expands_pending} rules still to expand", flush=True)
 
 
-def write_failed(state: RunState, path: str | None) -> None:
-    if not path:
-        return
-    import json
+def write_run_reports(store: RunStore, state: RunState, args: argparse.Namespace) -> None:
+    """The reports of `sync`, for a fleet run: images files, reasons in a sidecar."""
+    from migrator.fleet import job_from_key
 
-    from migrator.fleet import failed_images
-
-    Path(path).write_text(json.dumps(failed_images(state), indent=2, sort_keys=True) + "\n")
+    write_report(args.output_failed,
+                 {job_from_key(key): reason for key, reason in state.failed.items()})
+    if args.output_success:
+        write_report(args.output_success,
+                     {job_from_key(key): "" for key in store.succeeded_jobs(state.run_id)})
 
 
 COMMANDS = {"sync": run_sync, "plan": run_sync, "verify": run_verify, "config": run_config,

@@ -12,7 +12,6 @@ part travels (plain-HTTP flags), and the workers use their own `MIGRATOR_AUTH_FI
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -142,16 +141,7 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
         time.sleep(interval)
 
 
-def failed_images(state: RunState) -> dict[str, str]:
-    """The failed image tasks as an images file ({source: target}) ready to enqueue again."""
-    images: dict[str, str] = {}
-    for job in state.failed:
-        source, _, target = job.partition(" -> ")
-        images[source] = target
-    return images
-
-
-def print_state(state: RunState, stream: Any = sys.stdout) -> None:
-    print(f"run {state.run_id}: {state.done}/{state.total} images, {len(state.failed)} failed, "
-          f"{len(state.generate_failed)} rules failed, {state.expands_pending} rules to expand, "
-          f"{state.bytes} bytes copied", file=stream, flush=True)
+def job_from_key(key: str) -> Job:
+    """A run's name of an image task (`source -> target`) back into the job."""
+    source, _, target = key.partition(" -> ")
+    return job_from_args(source, target)

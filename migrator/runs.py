@@ -109,6 +109,9 @@ class RunStore:
             added = pipe.execute()[:-1]
         return [job for job, new in zip(jobs, added, strict=True) if new]
 
+    def succeeded_jobs(self, run_id: str) -> list[str]:
+        return sorted(text(job) for job in self.redis.smembers(self.key(run_id, ":ok")))
+
     def unfinished(self, run_id: str, jobs: list[str]) -> set[str]:
         """Those of `jobs` that neither succeeded nor failed yet."""
         if not jobs:

@@ -253,9 +253,10 @@ def test_permanent_failures_are_recorded_with_reasons_and_written_out(fleet, sou
         f"{source_registry.host}/ns/absent": f"{target_registry.host}/copy/absent",
     }, insecure(source_registry, target_registry))
     fleet.start_worker("w1")
-    failed_file = fleet.dir / "failed.json"
+    failed_file, ok_file = fleet.dir / "failed.json", fleet.dir / "ok.json"
     code, out, err = fleet.enqueue("--wait", "--timeout", "60", "--retries", "1",
-                                   "--output-failed", str(failed_file))
+                                   "--output-failed", str(failed_file),
+                                   "--output-success", str(ok_file))
     assert code == 1
     assert out.splitlines()[-1] == (
         "Images(2) migration finished, 1 images tasks failed, 1 tasks generate failed")
@@ -263,6 +264,10 @@ def test_permanent_failures_are_recorded_with_reasons_and_written_out(fleet, sou
     assert "ns/absent" in err
     assert json.loads(failed_file.read_text()) == {
         f"{source_registry.host}/ns/ok:missing": f"{target_registry.host}/copy/ok:missing"}
+    reasons = json.loads((fleet.dir / "failed.json.reasons.json").read_text())
+    assert [r["source"] for r in reasons] == [f"{source_registry.host}/ns/ok:missing"]
+    assert json.loads(ok_file.read_text()) == {
+        f"{source_registry.host}/ns/ok:1": f"{target_registry.host}/copy/ok:1"}
 
 
 def test_bad_rules_enqueue_nothing(fleet, source_registry, target_registry):
