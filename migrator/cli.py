@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
@@ -154,14 +153,12 @@ def positive_int(text: str) -> int:
 
 
 def platform_list(text: str) -> frozenset[str]:
-    platforms = frozenset(part.strip() for part in text.split(",") if part.strip())
-    for platform in platforms:
-        if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", platform):
-            raise argparse.ArgumentTypeError(
-                f"{platform!r} is not os/architecture[/variant], e.g. linux/arm64")
-    if not platforms:
-        raise argparse.ArgumentTypeError("give at least one os/architecture")
-    return platforms
+    from migrator.reference import ReferenceError, parse_platforms
+
+    try:
+        return parse_platforms(text)
+    except ReferenceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_float(text: str) -> float:

@@ -141,14 +141,15 @@ def copy_image(
     """Copy one image (a tag or a digest, single- or multi-platform) from source to target.
 
     With `dry_run`, only read: the result counts the blobs that would be uploaded, mounted or
-    found, and nothing is written to the target or the ledger. `platforms` (`os/arch[/variant]`)
-    keeps only those children of an index, which then gets a digest of its own. `referrers`
+    found, and nothing is written to the target or the ledger. `platforms` (`os/arch[/variant]`;
+    the job's own, from its rule, come first) keeps only those children of an index, which
+    then gets a digest of its own. `referrers`
     copies the signatures, SBOMs and attestations found for the image with it.
     """
     if dry_run:
         ledger = ReadOnlyLedger(ledger)
-    return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes, dry_run, platforms,
-                      referrers).run()
+    return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes, dry_run,
+                      job.platforms or platforms, referrers).run()
 
 
 def target_key(job: Job, source_digest: str, platforms: frozenset[str] = frozenset()) -> str:

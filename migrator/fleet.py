@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from migrator.auth import AuthFile, RegistryAuth, seal, unseal
@@ -44,18 +44,30 @@ def expand_args(rule: Rule) -> dict[str, Any]:
                             "target": rule.target.name, "rule": rule_key(rule)}
     if rule.catalog:
         args["catalog"] = True
+    if rule.platforms:
+        args["platforms"] = sorted(rule.platforms)
     return {**args, **rule.filters.to_args()}
 
 
 def rule_from_args(args: dict[str, Any]) -> Rule:
     filters = TagFilters.from_args(args)
     pattern = args.get("pattern")
+    platforms = frozenset(args.get("platforms") or ())
     if args.get("catalog"):
-        return catalog_rule(str(args["rule"]), str(args["source"]), str(args["target"]),
+        rule = catalog_rule(str(args["rule"]), str(args["source"]), str(args["target"]),
                             pattern=pattern, filters=filters)
+        return replace(rule, platforms=platforms)
     source, target = parse(str(args["source"])), parse(str(args["target"]))
     return Rule(origin=str(args["rule"]), source=source, tags=(), tag_pattern=pattern,
-                target=target, filters=filters)
+                target=target, filters=filters, platforms=platforms)
+
+
+def job_kwargs(job: Job, retries: int, options: dict[str, Any]) -> dict[str, Any]:
+    """A `sync_image` task's options: the run's, with the job's own platform filter first."""
+    kwargs = {"rule": job.rule, "retries": retries, **options}
+    if job.platforms:
+        kwargs["platforms"] = sorted(job.platforms)
+    return kwargs
 
 
 def job_from_args(source: str, target: str, rule: str = "") -> Job:
@@ -119,7 +131,7 @@ def start_run(
                           expands=[rule_key(rule) for rule in expands], auth=transport)
     for job in jobs:
         send(SYNC_TASK, [run_id, str(job.source), str(job.target)],
-             {"rule": job.rule, "retries": retries, **options})
+             job_kwargs(job, retries, options))
     for rule in expands:
         send(EXPAND_TASK, [run_id, expand_args(rule)], {"retries": retries, **options})
     return StartedRun(run_id, len(jobs) + len(expands), [warning] if warning else [])

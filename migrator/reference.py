@@ -176,3 +176,19 @@ def normalize(text: str) -> Reference:
         check_tag(tag) if tag is not None else None,
         check_digest(digest) if digest is not None else None,
     )
+
+
+PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
+
+
+def parse_platforms(value: str | list[str]) -> frozenset[str]:
+    """`linux/amd64,linux/arm64` (or a list of them) → the set of `os/arch[/variant]`."""
+    items = value.split(",") if isinstance(value, str) else value
+    platforms = frozenset(item.strip() for item in items if item.strip())
+    for platform in sorted(platforms):
+        if not PLATFORM.fullmatch(platform):
+            raise ReferenceError(
+                f"{platform!r} is not os/architecture[/variant], e.g. linux/arm64")
+    if not platforms:
+        raise ReferenceError("give at least one os/architecture, e.g. linux/amd64")
+    return platforms

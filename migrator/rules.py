@@ -38,6 +38,7 @@ from migrator.reference import (
     check_registry,
     check_repository,
     check_tag,
+    parse_platforms,
     split,
     split_name,
 )
@@ -52,6 +53,7 @@ class Job:
     # target names no tag: the manifest is then pushed by digest.
     target: Reference
     rule: str  # origin of the job, e.g. "images.json: 'quay.io/coreos/etcd'"
+    platforms: frozenset[str] = frozenset()  # the rule's platform filter (empty: every one)
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}"
@@ -71,6 +73,7 @@ class Rule:
     target: Reference  # tag None: keep the source tag. Catalog rule: the target namespace.
     filters: TagFilters = NO_FILTERS  # include/exclude/semver/newest, on the tag list
     catalog: bool = False  # `registry/namespace/*`: every repository the registry lists
+    platforms: frozenset[str] = frozenset()  # copy only these platforms of an index
 
     @property
     def needs_tag_list(self) -> bool:
@@ -112,13 +115,14 @@ class Rule:
             raise ValueError(f"{self.origin}: list the repositories first (`repositories`)")
         if self.source.digest is not None:
             target = self.target if self.target.tag else self.target.with_tag(self.source.tag)
-            return [Job(self.source, target, self.origin)]
+            return [Job(self.source, target, self.origin, self.platforms)]
         if self.tags:
             return [
                 Job(
                     self.source.with_tag(tag),
                     self.target.with_tag(self.target.tag or tag),
                     self.origin,
+                    self.platforms,
                 )
                 for tag in self.tags
             ]
@@ -137,7 +141,8 @@ class Rule:
             tags.append(tag)
         if self.filters:
             tags = self.filters.select(tags)
-        return [Job(self.source.with_tag(tag), self.target.with_tag(tag), self.origin)
+        return [Job(self.source.with_tag(tag), self.target.with_tag(tag), self.origin,
+                    self.platforms)
                 for tag in tags]
 
 
@@ -479,7 +484,8 @@ def _conflicts(rules: list[Rule], filename: str) -> list[str]:
     return problems
 
 
-OPTION_KEYS = ("target", "targets", "include", "exclude", "semver", "newest", "catalog")
+OPTION_KEYS = ("target", "targets", "include", "exclude", "semver", "newest", "catalog",
+               "platforms")
 
 
 @dataclass(frozen=True)
@@ -489,6 +495,7 @@ class _Options:
     targets: object = None
     filters: TagFilters = NO_FILTERS
     catalog: bool = False
+    platforms: frozenset[str] = frozenset()
 
 
 def _patterns(key: str, value: object) -> tuple[tuple[str, ...], list[str]]:
@@ -536,10 +543,22 @@ def _read_options(value: Mapping, origin: str) -> tuple[_Options, list[str]]:
     if not isinstance(catalog, bool):
         found.append(f"catalog: must be true or false, not {describe_type(catalog)}")
         catalog = False
+    platforms: frozenset[str] = frozenset()
+    if value.get("platforms") is not None:
+        written = value["platforms"]
+        if isinstance(written, str) or (isinstance(written, list)
+                                        and all(isinstance(item, str) for item in written)):
+            try:
+                platforms = parse_platforms(written)
+            except ReferenceError as exc:
+                found.append(f"platforms: {exc}")
+        else:
+            found.append("platforms: must be a list of os/architecture[/variant] strings, "
+                         f"not {describe_type(written)}")
     filters = TagFilters(include, exclude, semver, newest)
     found += filters.problems()
     problems += [f"{origin}: {problem}" for problem in found]
-    return _Options(targets, filters, catalog), problems
+    return _Options(targets, filters, catalog, platforms), problems
 
 
 def _parse(
@@ -610,6 +629,7 @@ def _parse(
             )
             continue
         seen: set[str] = set()
+        first_rule = len(rules)
         for item in targets:
             if item is not None and not isinstance(item, str):
                 problems.append(
@@ -638,6 +658,9 @@ def _parse(
                     rules.append(_make_rule(origin, source, source_tag, target, options.filters))
             except _Bad as exc:
                 problems.append(f"{origin}: target {quote(item or '')}: {exc}")
+        if options.platforms:
+            rules[first_rule:] = [replace(rule, platforms=options.platforms)
+                                  for rule in rules[first_rule:]]
     problems.extend(_conflicts(rules, filename))
     return rules, problems
 

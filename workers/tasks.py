@@ -25,6 +25,7 @@ from migrator.fleet import (
     SYNC_TASK,
     auth_from_transport,
     job_from_args,
+    job_kwargs,
     rule_from_args,
     start_run,
 )
@@ -145,7 +146,7 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
     for job in jobs:
         if str(job) in unfinished:
             sync_image.apply_async(args=[run_id, str(job.source), str(job.target)],
-                                   kwargs={"rule": job.rule, "retries": retries, **options})
+                                   kwargs=job_kwargs(job, retries, options))
     if retry_later is not None:
         raise retry_later  # Celery retries the expansion; the jobs sent again are harmless
     ctx.runs.expanded(run_id, rule["rule"])

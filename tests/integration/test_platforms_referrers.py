@@ -117,3 +117,20 @@ def test_signatures_and_sboms_travel_with_their_image(tmp_path, capsys, source_r
                        "--no-referrers")
     assert code == EXIT_OK, err
     assert list_tags(target_registry, "t/bare") == ["1.0"]
+
+
+def test_platforms_per_rule_in_yaml(tmp_path, capsys, source_registry, target_registry):
+    index = push_index(source_registry, "ns/both", "1", media="docker", platforms=[
+        ("linux", "amd64", layers(320)), ("linux", "arm64", layers(321))])
+    src, dst = source_registry.host, target_registry.host
+    (tmp_path / "images.yaml").write_text(
+        f"{src}/ns/both:1:\n  target: {dst}/t/arm-only\n  platforms: [linux/arm64]\n"
+        f"{src}/ns/both:\n  target: {dst}/t/all\n")
+    (tmp_path / "auth.json").write_text(json.dumps(insecure(source_registry, target_registry)))
+    code = main(["sync", "--images", str(tmp_path / "images.yaml"), "--auth",
+                 str(tmp_path / "auth.json"), "--no-state", "-r", "0"], {})
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK, err
+    arm_only = json.loads(get_manifest(target_registry, "t/arm-only", "1")[0])
+    assert [m["platform"]["architecture"] for m in arm_only["manifests"]] == ["arm64"]
+    assert get_manifest(target_registry, "t/all", "1")[2] == index.digest  # untouched

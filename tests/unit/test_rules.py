@@ -1007,3 +1007,33 @@ def test_filters_travel_to_the_fleet_as_plain_json():
     assert expand_args(catalog)["source"] == "quay.io/a/*" and expand_args(catalog)["catalog"]
     assert set(expand_args(one_rule("quay.io/a/etcd", ""))) == {
         "source", "pattern", "target", "rule"}  # unchanged for a rule without filters
+
+
+def test_platforms_per_rule_reach_every_job_and_travel_to_workers():
+    from migrator.fleet import expand_args, job_kwargs, rule_from_args
+
+    rules = rules_of({
+        "a.io/ns/multi": {"target": "b.io/ns/multi", "platforms": ["linux/arm64"]},
+        "a.io/ns/other:1,2": {"target": "b.io/ns/other", "platforms": "linux/amd64,linux/arm/v7"},
+        "a.io/ns/plain:1": "b.io/ns/plain",
+    })
+    by_source = {rule.source.repository: rule for rule in rules}
+    assert by_source["ns/multi"].platforms == {"linux/arm64"}
+    assert {job.platforms for job in by_source["ns/other"].jobs()} == {
+        frozenset({"linux/amd64", "linux/arm/v7"})}
+    assert by_source["ns/plain"].platforms == frozenset()
+    travelled = rule_from_args(json.loads(json.dumps(expand_args(by_source["ns/multi"]))))
+    assert travelled.platforms == {"linux/arm64"}
+    job = travelled.jobs(["v1"])[0]
+    assert job_kwargs(job, 3, {"platforms": ["linux/s390x"]})["platforms"] == ["linux/arm64"]
+    assert "platforms" not in job_kwargs(by_source["ns/plain"].jobs()[0], 3, {})
+
+
+def test_bad_platforms_are_problems_of_their_entry():
+    lines = problems_of({
+        "a.io/ns/x:1": {"target": "b.io/ns/x", "platforms": ["Linux"]},
+        "a.io/ns/y:1": {"target": "b.io/ns/y", "platforms": 5},
+    })
+    assert len(lines) == 2
+    assert "'a.io/ns/x:1': platforms: 'Linux' is not os/architecture" in lines[0]
+    assert "'a.io/ns/y:1': platforms: must be a list" in lines[1]
