@@ -16,6 +16,7 @@ The order, and why:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -34,7 +35,13 @@ from migrator.errors import (
 )
 from migrator.ledger import Ledger, ManifestRecord
 from migrator.registry.client import RegistryClient, retrying
-from migrator.registry.manifest import Descriptor, Manifest, filter_index
+from migrator.registry.manifest import (
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+    filter_index,
+    parse_manifest,
+)
 from migrator.registry.stream import VerifyingReader
 from migrator.rules import Job
 from migrator.settings import Settings
@@ -252,13 +259,21 @@ class _ImageCopy:
         return self.result
 
     def _copy_referrers(self, digest: str) -> None:
-        """Signatures, SBOMs and attestations of the image, found as tags of the source.
+        """Signatures, SBOMs and attestations of the image, copied right after it.
 
-        Two conventions name them by the image's digest: the OCI 1.1 referrers tag schema
-        (`sha256-<hex>`, an index of the referring manifests, which registries without the
-        referrers API use) and cosign's `sha256-<hex>.sig/.att/.sbom`. Each is copied like any
-        tag, after the image, so it never points at an image the target lacks.
+        Found by the OCI 1.1 referrers API where the source offers it, and by the two tag
+        conventions that work everywhere: the referrers tag schema (`sha256-<hex>`, an index
+        of the referring manifests) and cosign's `sha256-<hex>.sig/.att/.sbom`. Referrers found
+        through the API are pushed by digest; a target without the API gets them listed in its
+        tag-schema index, so that clients find them there.
         """
+        found = self.src.referrers(self.src_repo, digest)
+        if found:
+            for descriptor in found:
+                self._copy_by_digest(descriptor.digest)
+                self.result.referrers.append(descriptor.digest)
+            if self.dst.referrers(self.dst_repo, digest) is None:
+                self._index_referrers(digest, found)
         prefix = digest.replace(":", "-", 1)
         listed = self.src.list_tags(self.src_repo, max_age=self.settings.tag_list_ttl)
         tags = [tag for tag in listed if tag == prefix or tag.startswith(prefix + ".")]
@@ -268,8 +283,28 @@ class _ImageCopy:
             _ImageCopy(referrer, self.clients, self.ledger, self.settings, self.blob_pool,
                        self.on_bytes).run()
             self.result.referrers.append(tag)
-        if tags:
-            log.info("%s: copied %d referrers (%s)", self.job, len(tags), ", ".join(tags))
+        if self.result.referrers:
+            log.info("%s: copied %d referrers (%s)", self.job, len(self.result.referrers),
+                     ", ".join(self.result.referrers))
+
+    def _copy_by_digest(self, digest: str) -> None:
+        job = Job(self.job.source.with_tag(None).with_digest(digest),
+                  self.job.target.with_tag(None), self.job.rule)
+        _ImageCopy(job, self.clients, self.ledger, self.settings, self.blob_pool,
+                   self.on_bytes).run()
+
+    def _index_referrers(self, digest: str, found: list[Descriptor]) -> None:
+        """Add `found` to the target's tag-schema index of the image's referrers."""
+        tag = digest.replace(":", "-", 1)
+        entries: list[dict] = []
+        if self.dst.head_manifest(self.dst_repo, tag) is not None:
+            entries = list(json.loads(self.dst.get_manifest(self.dst_repo, tag).raw)
+                           .get("manifests") or [])
+        known = {entry.get("digest") for entry in entries}
+        entries += [descriptor.raw for descriptor in found if descriptor.digest not in known]
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                           "manifests": entries}).encode()
+        self.dst.put_manifest(self.dst_repo, tag, parse_manifest(body, OCI_INDEX))
 
     def _up_to_date(self, target_digest: str) -> CopyResult:
         self.result.outcome = "up-to-date"

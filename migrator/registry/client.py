@@ -34,7 +34,14 @@ from migrator.errors import (
     TransportError,
 )
 from migrator.registry.auth import Authenticator, repository_scope
-from migrator.registry.manifest import ACCEPT, Manifest, parse_manifest
+from migrator.registry.manifest import (
+    ACCEPT,
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+    parse_descriptors,
+    parse_manifest,
+)
 from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,6 +152,7 @@ class RegistryClient:
         self.base_url: str | None = None
         self._ping_lock = threading.Lock()
         self._tags: dict[str, tuple[float, list[str]]] = {}
+        self.referrers_api: bool | None = None  # learnt on the first referrers request
         self._tags_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -324,6 +332,25 @@ class RegistryClient:
         raise RegistryError(
             f"{self.registry}: tag list of {repository!r} has more than "
             f"{self.settings.max_tag_pages} pages", method="GET", url=redact(url))
+
+    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
+        """The manifests that refer to `digest` (OCI 1.1 referrers API), or None when the
+        registry does not offer the API (asked once per registry: a 404 on the endpoint)."""
+        if self.referrers_api is False:
+            return None
+        response = self.request(
+            "GET", f"/v2/{repository}/referrers/{digest}", expect=(200, 400, 404, 405),
+            scopes=(repository_scope(repository, "pull"),), headers={"Accept": OCI_INDEX})
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if response.status_code != 200 or content_type != OCI_INDEX:
+            response.close()
+            self.referrers_api = False
+            return None
+        self.referrers_api = True
+        raw = response.content[: self.settings.max_manifest_bytes + 1]
+        if len(raw) > self.settings.max_manifest_bytes:
+            raise RegistryError(f"{self.registry}: referrers of {digest} too large")
+        return parse_descriptors(raw, f"{self.registry}: referrers of {digest}")
 
     def head_manifest(self, repository: str, reference: str) -> tuple[str, str] | None:
         """(digest, media type) of a tag or digest, or None when it does not exist."""

@@ -46,6 +46,8 @@ class Descriptor:
     size: int
     media_type: str = ""
     platform: str = ""  # "os/architecture[/variant]" for the children of an index, else ""
+    # the descriptor as the registry wrote it (artifactType, annotations...), to pass it on
+    raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,18 @@ def _descriptor(item: object, where: str) -> Descriptor:
     if not isinstance(size, int):
         raise RegistryError(f"malformed manifest: descriptor {item['digest']} has a bad size")
     return Descriptor(item["digest"], size, str(item.get("mediaType", "")),
-                      _platform(item.get("platform")))
+                      _platform(item.get("platform")), item)
+
+
+def parse_descriptors(raw: bytes, where: str) -> list[Descriptor]:
+    """The `manifests` of an index-shaped JSON body (a referrers API answer)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise RegistryError(f"{where} is not valid JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("manifests", []), list):
+        raise RegistryError(f"{where} is not an image index")
+    return [_descriptor(item, where) for item in body.get("manifests") or []]
 
 
 def _platform(value: object) -> str:

@@ -134,3 +134,39 @@ def test_platforms_per_rule_in_yaml(tmp_path, capsys, source_registry, target_re
     arm_only = json.loads(get_manifest(target_registry, "t/arm-only", "1")[0])
     assert [m["platform"]["architecture"] for m in arm_only["manifests"]] == ["arm64"]
     assert get_manifest(target_registry, "t/all", "1")[2] == index.digest  # untouched
+
+
+def test_referrers_from_the_api_are_copied_and_indexed_where_the_target_lacks_it(
+        tmp_path, capsys, source_registry, target_registry):
+    from tests.support.front import Front
+
+    image = push_image(source_registry, "ns/api", "1", layers=layers(330), media="oci")
+    sbom, sbom_body = push_artifact(source_registry, "ns/api", image, "application/spdx+json",
+                                    b'{"spdxVersion": "SPDX-2.3"}')
+    descriptor = {"mediaType": OCI_MANIFEST, "digest": sbom, "size": len(sbom_body),
+                  "artifactType": "application/spdx+json"}
+
+    def referrers_api(method: str, path: str):
+        if method == "GET" and path == f"/v2/ns/api/referrers/{image.digest}":
+            body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                               "manifests": [descriptor]}).encode()
+            return 200, {"Content-Type": OCI_INDEX}, body
+        return None  # everything else: the real registry
+
+    front = Front(source_registry.url, referrers_api)
+    try:
+        rules = {f"{front.host}/ns/api:1": f"{target_registry.host}/t/api"}
+        (tmp_path / "images.json").write_text(json.dumps(rules))
+        (tmp_path / "auth.json").write_text(json.dumps(
+            {front.host: {"insecure": True}, **insecure(target_registry)}))
+        code = main(["sync", "--images", str(tmp_path / "images.json"), "--auth",
+                     str(tmp_path / "auth.json"), "--no-state", "-r", "0"], {})
+        out, err = capsys.readouterr()
+    finally:
+        front.close()
+    assert code == EXIT_OK, err
+    assert get_manifest(target_registry, "t/api", sbom)[0] == sbom_body
+    # The target (Distribution 2.8) has no referrers API: the SBOM is listed in its tag schema
+    index = json.loads(get_manifest(target_registry, "t/api",
+                                    image.digest.replace(":", "-"))[0])
+    assert index["manifests"] == [descriptor]
