@@ -374,3 +374,27 @@ def test_fleet_over_redis_with_tls_and_a_password(tmp_path, capsys, tls_redis, s
         assert password not in out + err + fleet.log("w1")
     finally:
         fleet.stop_all()
+
+
+def test_platform_filter_referrers_and_src_dst_through_the_fleet(fleet, source_registry,
+                                                                target_registry):
+    index = push_index(source_registry, "ns/multi", "1", media="oci", platforms=[
+        ("linux", "amd64", [make_layer(4096, 40)]), ("linux", "arm64", [make_layer(4096, 41)])])
+    signature = push_image(source_registry, "ns/multi", index.digest.replace(":", "-") + ".sig",
+                           layers=[make_layer(512, 42)])
+    fleet.write({}, insecure(source_registry, target_registry))
+    fleet.start_worker("w1")
+    code, out, err = fleet.enqueue(
+        "--wait", "--timeout", "60", "--platform", "linux/arm64",
+        "--src", f"{source_registry.host}/ns/multi:1", "--dst", f"{target_registry.host}/t/m")
+    assert code == EXIT_BAD_INPUT and "--src and --images" in err  # one or the other
+
+    code = main(["enqueue", "--auth", str(fleet.dir / "auth.json"), "--wait", "--timeout", "60",
+                 "--platform", "linux/arm64", "--src", f"{source_registry.host}/ns/multi:1",
+                 "--dst", f"{target_registry.host}/t/m"], fleet.env)
+    out, err = fleet.capsys.readouterr()
+    assert code == EXIT_OK, err + fleet.log("w1")
+    raw, _, digest = get_manifest(target_registry, "t/m", "1")
+    assert digest != index.digest
+    assert [m["platform"]["architecture"] for m in json.loads(raw)["manifests"]] == ["arm64"]
+    assert get_manifest(target_registry, "t/m", signature.tag)[2] == signature.digest
