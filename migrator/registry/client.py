@@ -14,7 +14,7 @@ import email.utils
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
@@ -311,27 +311,37 @@ class RegistryClient:
         return list(tags)
 
     def _list_tags(self, repository: str) -> list[str]:
-        scopes = (repository_scope(repository, "pull"),)
-        url = self.url(f"/v2/{repository}/tags/list?n={self.settings.tag_page_size}")
-        tags: list[str] = []
+        return self._pages(f"/v2/{repository}/tags/list", "tags", f"tag list of {repository!r}",
+                           scopes=(repository_scope(repository, "pull"),))
+
+    def _pages(self, path: str, field: str, what: str, *, scopes: tuple[str, ...],
+               refused: Callable[[str, requests.Response], RegistryError] | None = None
+               ) -> list[str]:
+        """Every item of a paged list (`?n=` asks for big pages, `Link: <...>; rel="next"`
+        leads to the next), with a bounded number of pages on the registry's own host."""
+        url = self.url(f"{path}?n={self.settings.tag_page_size}")
+        items: list[str] = []
         for _ in range(self.settings.max_tag_pages):
-            response = self.request("GET", url, scopes=scopes)
+            response = self.request("GET", url, scopes=scopes,
+                                    expect=(200, 401, 403, 404, 405) if refused else (200,))
+            if response.status_code != 200 and refused is not None:
+                raise refused(url, response)
             try:
-                page = response.json().get("tags") or []
+                page = response.json().get(field) or []
             except (ValueError, AttributeError):
-                raise RegistryError(f"{self.registry}: tag list of {repository!r} is not JSON",
+                raise RegistryError(f"{self.registry}: {what} is not JSON",
                                     method="GET", url=redact(url)) from None
-            tags.extend(str(tag) for tag in page)
+            items.extend(str(item) for item in page)
             next_link = response.links.get("next", {}).get("url")
             if not next_link:
-                return tags
+                return items
             url = urljoin(url, next_link)
             if urlsplit(url).netloc != urlsplit(self.base_url or "").netloc:
-                raise RegistryError(f"{self.registry}: tag list pagination leads to another host",
+                raise RegistryError(f"{self.registry}: {what}: pagination leads to another host",
                                     method="GET", url=redact(url))
         raise RegistryError(
-            f"{self.registry}: tag list of {repository!r} has more than "
-            f"{self.settings.max_tag_pages} pages", method="GET", url=redact(url))
+            f"{self.registry}: {what} has more than {self.settings.max_tag_pages} pages",
+            method="GET", url=redact(url))
 
     def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
         """The manifests that refer to `digest` (OCI 1.1 referrers API), or None when the
@@ -461,31 +471,10 @@ class RegistryClient:
         The catalog is optional in the Distribution spec and many registries refuse it (Docker
         Hub, GHCR) or hide it from some accounts; both are permanent errors that say so.
         """
-        scopes = ("registry:catalog:*",)
-        url = self.url(f"/v2/_catalog?n={self.settings.tag_page_size}")
         below = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        found: list[str] = []
-        for _ in range(self.settings.max_tag_pages):
-            response = self.request("GET", url, scopes=scopes,
-                                    expect=(200, 401, 403, 404, 405))
-            if response.status_code != 200:
-                raise self._catalog_refused(url, response)
-            try:
-                page = response.json().get("repositories") or []
-            except (ValueError, AttributeError):
-                raise RegistryError(f"{self.registry}: the catalog is not JSON",
-                                    method="GET", url=redact(url)) from None
-            found.extend(name for name in map(str, page) if name.startswith(below))
-            next_link = response.links.get("next", {}).get("url")
-            if not next_link:
-                return found
-            url = urljoin(url, next_link)
-            if urlsplit(url).netloc != urlsplit(self.base_url or "").netloc:
-                raise RegistryError(f"{self.registry}: catalog pagination leads to another host",
-                                    method="GET", url=redact(url))
-        raise RegistryError(
-            f"{self.registry}: the catalog has more than {self.settings.max_tag_pages} pages",
-            method="GET", url=redact(url))
+        listed = self._pages("/v2/_catalog", "repositories", "the catalog",
+                             scopes=("registry:catalog:*",), refused=self._catalog_refused)
+        return [name for name in listed if name.startswith(below)]
 
     def _catalog_refused(self, url: str, response: requests.Response) -> RegistryError:
         status = response.status_code
