@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,6 +13,7 @@ from migrator.auth import RegistryAuth
 from migrator.errors import AuthError, RegistryError
 from migrator.registry.client import RegistryClient
 from migrator.settings import Settings
+from tests.support.front import Front
 from tests.support.images import get_blob, make_layer, push_blob, push_image, session_for
 
 
@@ -23,45 +22,25 @@ def client_for(registry, **settings) -> RegistryClient:
     return RegistryClient(registry.host, credentials, Settings(**settings))
 
 
-class PagingFront:
-    """Serves a real registry's tag list in pages with `Link` headers, as the OCI spec and
+def paged_tag_lists(upstream: str, counter: list[int]):
+    """Answers tag-list requests in pages with `Link` headers, as the OCI spec and
     Distribution 3 do (Distribution 2.8, the registry here, ignores `?n=`)."""
 
-    def __init__(self, upstream: str) -> None:
-        front = self
+    def answer(method: str, path: str):
+        url = urlsplit(path)
+        if method != "GET" or not url.path.endswith("/tags/list"):
+            return None
+        query = parse_qs(url.query)
+        tags = sorted(requests.get(upstream + url.path, timeout=10).json()["tags"])
+        size = int(query.get("n", ["100"])[0])
+        page = [tag for tag in tags if tag > query.get("last", [""])[0]][:size]
+        headers = {"Content-Type": "application/json"}
+        if page and page[-1] != tags[-1]:
+            headers["Link"] = f'<{url.path}?n={size}&last={page[-1]}>; rel="next"'
+        counter.append(1)
+        return 200, headers, json.dumps({"name": "x", "tags": page}).encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                url = urlsplit(self.path)
-                query = parse_qs(url.query)
-                if url.path == "/v2/":
-                    return self._answer(200, {}, {})
-                tags = requests.get(upstream + url.path, timeout=10).json()["tags"]
-                tags.sort()
-                size = int(query.get("n", ["100"])[0])
-                last = query.get("last", [""])[0]
-                page = [tag for tag in tags if tag > last][:size]
-                headers = {}
-                if page and page[-1] != tags[-1]:
-                    headers["Link"] = f'<{url.path}?n={size}&last={page[-1]}>; rel="next"'
-                front.pages += 1
-                self._answer(200, headers, {"name": "x", "tags": page})
-
-            def _answer(self, status: int, headers: dict, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for key, value in {**headers, "Content-Length": str(len(data))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.pages = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    return answer
 
 
 def test_tag_list_follows_every_page(source_registry):
@@ -69,17 +48,18 @@ def test_tag_list_follows_every_page(source_registry):
     tags = [f"t{i:02d}" for i in range(7)]
     for tag in tags:
         push_image(source_registry, "ns/paged", tag, layers=layer)
-    front = PagingFront(source_registry.url)
+    pages: list[int] = []
+    front = Front(source_registry.url, paged_tag_lists(source_registry.url, pages))
     try:
         client = RegistryClient(front.host, RegistryAuth(insecure=True),
                                 Settings(tag_page_size=3))
         assert client.list_tags("ns/paged") == tags
-        assert front.pages == 3
+        assert len(pages) == 3
         with pytest.raises(RegistryError, match="more than 2 pages"):
             RegistryClient(front.host, RegistryAuth(insecure=True),
                            Settings(tag_page_size=3, max_tag_pages=2)).list_tags("ns/paged")
     finally:
-        front.server.shutdown()
+        front.close()
 
 
 def test_missing_things_say_what_is_missing(source_registry):
@@ -161,70 +141,33 @@ class RedirectingFront:
     (`localhost` instead of `127.0.0.1`), as registries backed by object storage do. The storage
     server records the Authorization headers it receives."""
 
-    def __init__(self, registry) -> None:
-        front = self
+    def __init__(self, registry, repository: str) -> None:
         self.storage_headers: list[str | None] = []
 
-        class Storage(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                front.storage_headers.append(self.headers.get("Authorization"))
-                digest = self.path.rsplit("/", 1)[-1]
-                data = get_blob(registry, front.repository, digest, auth=registry.auth)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        def storage(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+            return 200, {}, get_blob(registry, repository, path.rsplit("/", 1)[-1],
+                                     auth=registry.auth)
 
-            def log_message(self, *args: object) -> None:
-                pass
+        def redirect(method: str, path: str) -> tuple[int, dict[str, str], bytes] | None:
+            if method == "GET" and "/blobs/sha256:" in path:
+                location = f"http://localhost:{self.storage.port}/{path.rsplit('/', 1)[-1]}"
+                return 307, {"Location": location}, b""
+            return None
 
-        class Front(BaseHTTPRequestHandler):
-            def _forward(self) -> None:
-                if self.command == "GET" and "/blobs/sha256:" in self.path:
-                    digest = self.path.rsplit("/", 1)[-1]
-                    self.send_response(307)
-                    self.send_header("Location", f"http://localhost:{front.storage_port}/{digest}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                upstream = requests.request(self.command, registry.url + self.path, data=body,
-                                            headers=headers, allow_redirects=False, timeout=30)
-                self.send_response(upstream.status_code)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(upstream.content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(upstream.content)
-
-            do_GET = do_HEAD = do_POST = do_PUT = _forward  # noqa: N815
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.repository = ""
-        self.storage = ThreadingHTTPServer(("127.0.0.1", 0), Storage)
-        self.storage_port = self.storage.server_address[1]
-        self.front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
-        self.host = f"127.0.0.1:{self.front.server_address[1]}"
-        for server in (self.storage, self.front):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.storage = Front(registry.url, storage, on_headers=self.storage_headers)
+        self.front = Front(registry.url, redirect)
+        self.host = self.front.host
 
     def close(self) -> None:
-        self.storage.shutdown()
-        self.front.shutdown()
+        self.storage.close()
+        self.front.close()
 
 
 def test_blob_redirects_are_followed_without_the_registry_credentials(token_registry):
     registry = token_registry.registry
     image = push_image(registry, "ns/redirected", "1", layers=[make_layer(4096, 5)],
                        auth=registry.auth)
-    front = RedirectingFront(registry)
-    front.repository = "ns/redirected"
+    front = RedirectingFront(registry, "ns/redirected")
     try:
         client = RegistryClient(front.host, RegistryAuth(
             username=registry.username, password=registry.password, insecure=True), Settings())

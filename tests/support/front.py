@@ -14,9 +14,14 @@ Answer = Callable[[str, str], tuple[int, dict[str, str], bytes] | None]
 
 
 class Front:
-    def __init__(self, upstream_url: str, answer: Answer) -> None:
+    def __init__(self, upstream_url: str, answer: Answer,
+                 on_headers: list[str | None] | None = None) -> None:
+        """`on_headers`, when given, collects the Authorization header of every request."""
+
         class Handler(BaseHTTPRequestHandler):
             def _handle(self) -> None:
+                if on_headers is not None:
+                    on_headers.append(self.headers.get("Authorization"))
                 own = answer(self.command, self.path)
                 if own is None:
                     length = int(self.headers.get("Content-Length") or 0)
@@ -43,7 +48,8 @@ class Front:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.port = self.server.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
