@@ -329,9 +329,9 @@ def tls_redis(tmp_path: Path):
     """A Redis of the test's own that wants TLS (a CA made here) and a password."""
     import socket
 
-    from tests.support.registry import _make_tls_files
+    from tests.support.registry import make_tls_files
 
-    ca = _make_tls_files(tmp_path)
+    ca = make_tls_files(tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

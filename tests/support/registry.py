@@ -24,8 +24,6 @@ Needs ``PyYAML``, ``cryptography`` and ``bcrypt`` (``pip install bcrypt``) besid
 from __future__ import annotations
 
 import atexit
-import datetime as dt
-import ipaddress
 import os
 import re
 import secrets
@@ -41,11 +39,8 @@ from typing import IO, Literal
 import bcrypt
 import requests
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.tls import make_server_tls
 from tests.support.tokens import TokenIssuer
 
 REGISTRY_BIN_ENV = "MIGRATOR_REGISTRY_BIN"
@@ -328,7 +323,7 @@ def start_registry(
         host="", url="", root=workdir, log_path=workdir / "registry.log", auth_mode=auth
     )
     if tls:
-        reg.ca_file = _make_tls_files(workdir)
+        reg.ca_file = make_tls_files(workdir)
         config["http"]["tls"] = {  # type: ignore[index]
             "certificate": str(workdir / "server.crt"),
             "key": str(workdir / "server.key"),
@@ -366,70 +361,6 @@ def start_registry(
     return reg
 
 
-def _make_tls_files(workdir: Path) -> Path:
-    """A throwaway CA plus a server cert for 127.0.0.1 and localhost; returns the CA path."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "migrator test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path = workdir / "ca.crt"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (workdir / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (workdir / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_path
+def make_tls_files(workdir: Path) -> Path:
+    """A throwaway CA plus `server.crt`/`server.key` for 127.0.0.1 and localhost; the CA path."""
+    return make_server_tls(workdir).ca_path
