@@ -8,11 +8,7 @@ has a reason to re-compress. Scenarios that share ``data`` share the source repo
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import random
-import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,46 +100,13 @@ QUICK: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
-def make_big_layer(size: int, seed: int) -> bytes:
-    """make_layer's format (a gzip-framed tar holding one file of deterministic random bytes)
-    for sizes it cannot build: tests.support.images.make_layer draws the payload with one
-    `random.randbytes(size)`, whose `getrandbits(size * 8)` overflows a C int from 256 MiB on.
-    Here the payload is drawn in pieces while it is written."""
-    if size * 8 < 2**31:
-        return make_layer(size, seed)
-    rng = random.Random(seed)
-
-    class Payload(io.RawIOBase):
-        left = size
-
-        def readable(self) -> bool:
-            return True
-
-        def read(self, n: int = -1) -> bytes:
-            n = self.left if n is None or n < 0 else min(n, self.left)
-            self.left -= n
-            return rng.randbytes(n) if n else b""
-
-    buf = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=1 << 20) as tar,
-    ):
-        info = tarfile.TarInfo(name=f"data/blob-{seed}-{size}.bin")
-        info.size = size
-        info.mtime = 0
-        info.mode = 0o644
-        tar.addfile(info, Payload())
-    return buf.getvalue()
-
-
 def _seed(*parts: object) -> int:
     return zlib.crc32("/".join(str(p) for p in parts).encode())
 
 
 def _layers(scenario: Scenario, base: dict[str, list[bytes]], repository: str, tag: str,
             platform: str) -> list[bytes]:
-    own = [make_big_layer(scenario.layer_size, _seed(repository, tag, platform, i))
+    own = [make_layer(scenario.layer_size, _seed(repository, tag, platform, i))
            for i in range(scenario.layers - scenario.shared_layers)]
     return [*base[platform], *own]
 
@@ -151,7 +114,7 @@ def _layers(scenario: Scenario, base: dict[str, list[bytes]], repository: str, t
 def seed_source(source: RunningRegistry, scenario: Scenario, threads: int = 4) -> None:
     """Push the scenario's images into the source: repositories in parallel, tags in order."""
     platforms = scenario.platforms or ("linux/amd64",)
-    base = {p: [make_big_layer(scenario.layer_size, _seed(scenario.data, "base", p, i))
+    base = {p: [make_layer(scenario.layer_size, _seed(scenario.data, "base", p, i))
                 for i in range(scenario.shared_layers)] for p in platforms}
 
     def push_repository(repository: str) -> None:
