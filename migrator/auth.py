@@ -30,6 +30,7 @@ from migrator.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
     ReferenceError,
+    check_characters,
     check_registry,
     check_repository,
 )
@@ -103,6 +104,10 @@ def _normalize_key(key: str) -> str:
     """`registry[:port][/namespace/...]`, checked with the reference grammar."""
     if SCHEME.match(key):
         raise ReferenceError("write the registry without a scheme such as https://")
+    if "@" in key:  # user:password@registry: the message must not repeat the key's text
+        raise ReferenceError("a key names a registry, without user:password@: put the "
+                             "credentials in username and password")
+    check_characters(key)
     parts = key.split("/")
     if any(not part for part in parts):
         raise ReferenceError("expected registry or registry/namespace, without empty components")
@@ -125,6 +130,22 @@ def _field_problem(where: str, error: dict) -> str:
     if error["type"] == "bool_type":
         return f"{where}: {name}: must be true or false"
     return f"{where}: {name}: {error['msg']}"  # pydantic's text; inputs are hidden
+
+
+def _secret_problem(name: str, value: str | None) -> str | None:
+    """What makes a username or password unusable in an Authorization header; never its text.
+
+    A line break is the usual one: a YAML `password: |` block keeps the last one.
+    """
+    if not value:
+        return None
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in value):
+        return "holds an unpaired surrogate escape (\\ud800 to \\udfff), which is no text"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        return "holds a control character (a line break, a tab, NUL...): remove it"
+    if name == "username" and ":" in value:
+        return "holds ':', which Basic authentication cannot carry in a user name"
+    return None
 
 
 def _parse_entry(
@@ -158,6 +179,12 @@ def _parse_entry(
                     continue
             elif not item:
                 item = None  # image-syncer's files write "" for anonymous access
+            problem = _secret_problem(name, item)
+            if problem is not None:
+                problems.append(f"{where}: {name}: {problem}" + (
+                    f" (from environment variable {variable})" if match else ""))
+                ok = False
+                continue
         fields[name] = item
     try:
         auth = RegistryAuth.model_validate(fields)

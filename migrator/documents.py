@@ -16,9 +16,18 @@ from typing import Any, NamedTuple
 import yaml
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
+# PyYAML shares an aliased node instead of copying it, so a "billion laughs" file loads in no
+# time and memory; but whatever walks the data afterwards (validation, messages, the fleet's
+# JSON) would expand it. Aliases may add this many values beyond those written in the file.
+MAX_ALIAS_VALUES = 1_000_000
 # `https://quay.io/...` is a URL, not a reference; say so instead of a puzzling grammar error.
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
+# `user:password@host/...`: what a message shows of it must not carry the password.
+_USERINFO = re.compile(
+    r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/@:\s]*:)[^/]*@"
+    r"(?!sha256:|sha512:)(?=[A-Za-z0-9.:\[\]-]+(?:/|$))"
+)
+MAX_QUOTED = 160  # characters of a key or value shown in a message; longer ones are cut
 
 
 class Document(NamedTuple):
@@ -44,8 +53,16 @@ def duplicate_keys(mapping: object) -> list[tuple[object, int | None]]:
 
 def quote(value: object) -> str:
     """A key or value in quotes for a message; escaped (repr) when it holds odd characters, so
-    a line break in a file can never forge a line of the report."""
-    if isinstance(value, str) and value.isprintable() and "'" not in value:
+    a line break in a file can never forge a line of the report. A password written as
+    `user:password@host` shows as `***`; a long text is cut (a file of a thousand long keys
+    must not make a report a thousand times longer)."""
+    if not isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}…"
+    value = _USERINFO.sub(r"\1***@", value)
+    if len(value) > MAX_QUOTED:
+        return f"{quote(value[:MAX_QUOTED])}… ({len(value)} characters)"
+    if value.isprintable() and "'" not in value:
         return f"'{value}'"
     return repr(value)
 
@@ -96,6 +113,13 @@ class _YamlLoader(_YamlBase):
 
     raw_text_keys: frozenset[str] = frozenset()
 
+    def get_single_data(self) -> object:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node)  # before anything is constructed
+        return self.construct_document(node)
+
     def construct_yaml_map(self, node: yaml.MappingNode) -> Iterator[_Mapping]:
         mapping = _Mapping()
         yield mapping
@@ -120,6 +144,50 @@ class _YamlLoader(_YamlBase):
 _YamlLoader.add_constructor("tag:yaml.org,2002:map", _YamlLoader.construct_yaml_map)
 
 
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse aliases that would expand past MAX_ALIAS_VALUES or that build a structure which
+    contains itself (`&a [*a]`): nothing downstream expects either.
+
+    Counts, without expanding anything, the values the document holds once every alias is
+    replaced by what it names; iterative, so depth costs no Python stack.
+    """
+    ceiling = 1 << 62  # sizes stay machine-sized ints, far above anything a file writes
+    sizes: dict[int, int] = {}  # id(node) -> expanded size, capped; absent: not finished
+    open_nodes: set[int] = set()  # on the current path: reaching one again is a cycle
+    written = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        ident = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if done:
+            open_nodes.discard(ident)
+            sizes[ident] = min(ceiling, 1 + sum(sizes[id(child)] for child in children))
+            continue
+        if ident in sizes:
+            continue
+        if ident in open_nodes:
+            raise _AliasRefused("an alias names a node that contains it (a structure that "
+                                "contains itself)", node.start_mark.line + 1)
+        written += 1
+        open_nodes.add(ident)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    if sizes[id(root)] - written >= MAX_ALIAS_VALUES:
+        raise _AliasRefused(f"aliases (*name) would expand the document by more than "
+                            f"{MAX_ALIAS_VALUES} values; write the values out instead")
+
+
 def _yaml_duplicates(node: yaml.MappingNode) -> list[tuple[object, int | None]]:
     seen: set[tuple[str, str]] = set()
     found: list[tuple[object, int | None]] = []
@@ -139,18 +207,35 @@ def _yaml_loader(raw_text_keys: frozenset[str]) -> type:
     return type("_RawTextYamlLoader", (_YamlLoader,), {"raw_text_keys": raw_text_keys})
 
 
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _value_problem(exc: ValueError) -> str:
+    # int() of a huge number says "Exceeds the limit (4300 digits) ...; use sys.set_int_...":
+    # keep the part a user can act on.
+    return str(exc).split(";")[0][:200]
+
+
 def _parse_json(name: str, text: str) -> tuple[object, str | None]:
+    if not text.strip():
+        return None, f"{name}: the file is empty: write {{}} for a file without entries"
     try:
-        return json.loads(text, object_pairs_hook=_json_object), None
+        return json.loads(text, object_pairs_hook=_json_object, parse_constant=_not_json), None
     except json.JSONDecodeError as exc:
         return None, f"{name}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
     except RecursionError:
         return None, f"{name}: invalid JSON: nested too deeply"
+    except ValueError as exc:  # a number too long to read, NaN, Infinity
+        return None, f"{name}: invalid JSON: {_value_problem(exc)}"
 
 
 def _parse_yaml(name: str, text: str, raw_text_keys: frozenset[str]) -> tuple[object, str | None]:
     try:
         return yaml.load(text, Loader=_yaml_loader(raw_text_keys)), None  # a SafeLoader subclass
+    except _AliasRefused as exc:
+        where = f"line {exc.line}: " if exc.line is not None else ""
+        return None, f"{name}: {where}invalid YAML: {exc}"
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -159,6 +244,8 @@ def _parse_yaml(name: str, text: str, raw_text_keys: frozenset[str]) -> tuple[ob
         return None, f"{name}: invalid YAML: {exc}"
     except RecursionError:
         return None, f"{name}: invalid YAML: nested too deeply"
+    except ValueError as exc:  # a number too long to read, a date such as 2024-13-45
+        return None, f"{name}: invalid YAML: cannot read a value: {_value_problem(exc)}"
 
 
 def load_document(
@@ -188,6 +275,8 @@ def load_document(
         return Document(True, None, [f"{name}: cannot read the file: {exc.strerror or exc}"])
     if len(raw) > MAX_FILE_BYTES:
         return Document(True, None, [f"{name}: file larger than 10 MiB"])
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return Document(True, None, [f"{name}: the file is UTF-16 text: save it as UTF-8"])
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

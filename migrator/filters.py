@@ -32,7 +32,7 @@ def read_version(tag: str) -> Version | None:
     """The tag read as a version (`v1.2.3`, `1.10`, `2.0.0-rc.1`), or None (`latest`)."""
     try:
         return Version(tag)
-    except InvalidVersion:
+    except (InvalidVersion, ValueError):  # ValueError: a number of more than 4300 digits
         return None
 
 

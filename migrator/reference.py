@@ -15,6 +15,7 @@ The grammar follows the distribution reference grammar: lowercase path component
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 
 from migrator.errors import ConfigError
@@ -26,7 +27,9 @@ _HOST_LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 HOST = re.compile(
     rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
 )
-MAX_NAME_LENGTH = 255
+MAX_NAME_LENGTH = 255  # of the whole name, registry included, as in distribution's grammar
+MAX_PORT = 65535
+_SHOWN = 80  # characters of a bad part repeated in a message
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
@@ -91,32 +94,85 @@ def split(text: str) -> tuple[str, str | None, str | None]:
     return text, tagpart, digest
 
 
+def _shown(text: str) -> str:
+    """`text` quoted and escaped for a message, cut when long."""
+    if len(text) > _SHOWN:
+        return f"{text[:_SHOWN]!r}… ({len(text)} characters)"
+    return repr(text)
+
+
+_USERINFO_PROBLEM = (
+    "'@' in the registry: a reference holds no user:password@ (credentials go in the auth "
+    "file), and '@' only introduces a digest after the repository"
+)
+
+
+def check_userinfo(text: str) -> str:
+    """Refuse `user:password@host/...` (and `host@evil/...`) before `split` would read the
+    part after '@' as a digest; the message does not repeat the credentials."""
+    first, slash, _ = text.partition("/")
+    if slash and "@" in first:
+        raise ReferenceError(_USERINFO_PROBLEM)
+    return text
+
+
+def check_characters(text: str) -> str:
+    """Refuse what no name may hold, before its parts are read: a character outside printable
+    ASCII (a look-alike such as Cyrillic 'а' or fullwidth '／' passes the eye but names
+    another image) and white space."""
+    for position, char in enumerate(text, 1):
+        if char.isascii() and char.isprintable() and char != " ":
+            continue
+        if char in " \t":
+            raise ReferenceError(f"contains white space at position {position}")
+        code = f"U+{ord(char):04X}"
+        name = unicodedata.name(char, "")
+        if char.isascii() or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            kind = "a control character"
+        else:
+            kind = "the non-ASCII character"
+        raise ReferenceError(
+            f"holds {kind} {char!r} ({code}{' ' + name if name else ''}) at position "
+            f"{position}: references are written in ASCII"
+        )
+    return text
+
+
 def check_registry(registry: str, *, what: str = "registry") -> str:
+    if "@" in registry:
+        raise ReferenceError(_USERINFO_PROBLEM)
     if not registry or not HOST.fullmatch(registry):
         raise ReferenceError(
-            f"invalid {what} {registry!r}: expected a host name with optional port")
+            f"invalid {what} {_shown(registry)}: expected a host name with optional port")
+    port = registry.rpartition("]")[2].partition(":")[2]
+    if port and not 0 < int(port) <= MAX_PORT:
+        raise ReferenceError(f"invalid {what} {_shown(registry)}: port {port} is not "
+                             f"between 1 and {MAX_PORT}")
     if registry in DOCKER_HUB_ALIASES:
         return DOCKER_HUB
     return registry
 
 
 def check_repository(repository: str) -> str:
+    # The length first: a name of a million characters must cost nothing more to refuse.
+    if len(repository) > MAX_NAME_LENGTH:
+        raise ReferenceError(f"repository name longer than {MAX_NAME_LENGTH} characters "
+                             f"({len(repository)})")
     components = repository.split("/")
     for component in components:
         if not PATH_COMPONENT.fullmatch(component):
             raise ReferenceError(
-                f"invalid repository path component {component!r} in {repository!r}: "
-                "use lowercase letters, digits and single separators (. _ __ -)"
+                f"invalid repository path component {_shown(component)} in "
+                f"{_shown(repository)}: use lowercase letters, digits and single separators "
+                "(. _ __ -)"
             )
-    if len(repository) > MAX_NAME_LENGTH:
-        raise ReferenceError(f"repository name longer than {MAX_NAME_LENGTH} characters")
     return repository
 
 
 def check_tag(tag: str) -> str:
     if not TAG.fullmatch(tag):
         raise ReferenceError(
-            f"invalid tag {tag!r}: at most 128 letters, digits, '_', '.' and '-', "
+            f"invalid tag {_shown(tag)}: at most 128 letters, digits, '_', '.' and '-', "
             "not starting with '.' or '-'"
         )
     return tag
@@ -124,25 +180,33 @@ def check_tag(tag: str) -> str:
 
 def check_digest(digest: str) -> str:
     if not DIGEST.fullmatch(digest):
-        raise ReferenceError(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>")
+        raise ReferenceError(f"invalid digest {_shown(digest)}: expected sha256:<64 lowercase hex>")
     return digest
 
 
 def split_name(name: str, *, min_depth: int = 3) -> tuple[str, str]:
     """`registry/ns/repo` → (`registry`, `ns/repo`), the first component always the registry."""
-    if any(ch.isspace() for ch in name):
-        raise ReferenceError(f"{name!r} contains white space")
+    check_characters(name)
     parts = name.split("/")
-    if len(parts) < min_depth or any(part == "" for part in parts):
+    if len(parts) >= min_depth and "" in parts:
         raise ReferenceError(
-            f"{name!r} must contain at least registry/namespace/repository"
+            f"{_shown(name)} has an empty path component: a '/' at the start or the end, or "
+            "two in a row"
         )
-    return check_registry(parts[0]), check_repository("/".join(parts[1:]))
+    if len(parts) < min_depth or "" in parts:
+        raise ReferenceError(
+            f"{_shown(name)} must contain at least registry/namespace/repository"
+        )
+    registry, repository = check_registry(parts[0]), check_repository("/".join(parts[1:]))
+    if len(name) > MAX_NAME_LENGTH:
+        raise ReferenceError(f"name longer than {MAX_NAME_LENGTH} characters, registry "
+                             f"included ({len(name)})")
+    return registry, repository
 
 
 def parse(text: str) -> Reference:
     """Parse a rule-file reference with at most one tag: `registry/ns/repo[:tag][@digest]`."""
-    name, tag, digest = split(text.strip())
+    name, tag, digest = split(check_characters(check_userinfo(text.strip())))
     registry, repository = split_name(name)
     return Reference(
         registry,
@@ -158,7 +222,7 @@ def normalize(text: str) -> Reference:
     `nginx` → `docker.io/library/nginx:latest`; `quay.io/x/y` → `quay.io/x/y:latest`; an image
     pinned by digest stays pinned (and gets no default tag).
     """
-    name, tag, digest = split(text.strip())
+    name, tag, digest = split(check_characters(check_userinfo(text.strip())))
     first, _, rest = name.partition("/")
     looks_like_host = rest and ("." in first or ":" in first or first == "localhost")
     if looks_like_host:

@@ -34,10 +34,12 @@ from migrator.reference import (
     TAG,
     Reference,
     ReferenceError,
+    check_characters,
     check_digest,
     check_registry,
     check_repository,
     check_tag,
+    check_userinfo,
     parse_platforms,
     split,
     split_name,
@@ -172,6 +174,10 @@ def _check_name(
     name: str, *, what: str, hint: str | None = None, catalog_hint: bool = False
 ) -> tuple[str, str]:
     """`registry/ns/.../repo` → (registry, repository); rules 1 and 3 with helpful messages."""
+    try:
+        check_characters(name)  # first: a look-alike '／' would make the hints below wrong
+    except ReferenceError as exc:
+        raise _Bad(str(exc)) from None
     parts = name.split("/")
     if len(parts) < 3 and all(parts) and not any(ch.isspace() for ch in name):
         if _looks_like_host(parts[0]):
@@ -200,6 +206,13 @@ def _check_name(
         raise _Bad(str(exc)) from None
 
 
+def _check_userinfo(text: str) -> None:
+    try:
+        check_userinfo(text)
+    except ReferenceError as exc:
+        raise _Bad(str(exc)) from None
+
+
 def _parse_tags(tagpart: str) -> tuple[str, ...]:
     items = [item.strip() for item in tagpart.split(",")]
     if any(not item for item in items):
@@ -215,6 +228,10 @@ def _parse_tags(tagpart: str) -> tuple[str, ...]:
 def _check_catalog_name(name: str) -> tuple[str, str]:
     """`registry/ns/*` → (registry, "ns"); `registry/*` → (registry, "")."""
     base = name[:-2] if name.endswith("/*") else name
+    try:
+        check_characters(name)
+    except ReferenceError as exc:
+        raise _Bad(str(exc)) from None
     if "*" in base or not name.endswith("/*"):
         raise _Bad("'*' stands for every repository only as the last path component: "
                    "registry/namespace/* or registry/*")
@@ -235,6 +252,7 @@ def _parse_source(text: str, *, catalog_hint: bool = False) -> tuple[_Source, st
         raise _Bad("the source is empty: every rule needs a source image")
     if SCHEME.match(text):
         raise _Bad("write the source without a scheme such as https://")
+    _check_userinfo(text)
     start = text.find(":/")  # `:/` cannot occur in a name (a port is digits), so it opens a regex
     if start != -1:
         if not text.endswith("/") or len(text) < start + 3:
@@ -276,6 +294,7 @@ def _parse_catalog_target(text: str) -> Reference:
     """The target of a catalog rule: a namespace, `registry/namespace[/*]`."""
     if SCHEME.match(text):
         raise _Bad("write the target without a scheme such as https://")
+    _check_userinfo(text)
     name = text[:-2] if text.endswith("/*") else text
     base, tagpart, digest = split(name)
     parts = base.split("/")
@@ -293,6 +312,7 @@ def _parse_catalog_target(text: str) -> Reference:
 def _parse_target(text: str, source: _Source | None) -> Reference:
     if SCHEME.match(text):
         raise _Bad("write the target without a scheme such as https://")
+    _check_userinfo(text)
     if ":/" in text:
         raise _Bad("a target cannot hold a tag regex: only a source filters tags")
     name, tagpart, digest = split(text)

@@ -139,7 +139,8 @@ class TestParse:
     def test_messages_escape_line_breaks(self):
         with pytest.raises(ReferenceError) as info:
             parse("quay.io/coreos/etcd\r\n:v1")
-        assert "\n" not in str(info.value) and "\\r\\n" in str(info.value)
+        assert "\n" not in str(info.value) and "\r" not in str(info.value)
+        assert "'\\r' (U+000D)" in str(info.value)
 
 
 class TestCheck:
