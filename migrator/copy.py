@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from migrator.auth import AuthFile, RegistryAuth
+from migrator.chunked import upload_chunked
 from migrator.errors import (
     AuthError,
     BlobUnknownOnPush,
@@ -33,7 +34,7 @@ from migrator.errors import (
     RegistryError,
     RetryableError,
 )
-from migrator.ledger import Ledger, ManifestRecord
+from migrator.ledger import Ledger, ManifestRecord, UploadSession
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import (
     OCI_INDEX,
@@ -78,6 +79,14 @@ class ReadOnlyLedger:
 
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
         return nullcontext()
+
+    def upload_session(self, registry: str, repository: str, digest: str
+                       ) -> UploadSession | None:
+        return None
+
+    def save_upload_session(self, registry: str, repository: str, digest: str,
+                            session: UploadSession | None) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -420,7 +429,13 @@ class _ImageCopy:
         return self.dst.blob_exists(self.dst_repo, digest), None
 
     def _upload(self, blob: Descriptor, upload_url: str | None) -> None:
-        """Stream one blob source → target; a fresh upload session on every try."""
+        """Stream one blob source → target; a fresh upload session on every try. A large
+        blob goes up in chunks that a later try, or another worker, resumes."""
+        if blob.size > self.settings.chunked_upload_threshold:
+            upload_chunked(src=self.src, src_repo=self.src_repo, dst=self.dst,
+                           dst_repo=self.dst_repo, blob=blob, ledger=self.ledger,
+                           settings=self.settings, fresh_url=upload_url, on_bytes=self.on_bytes)
+            return
         for attempt in retrying(self.settings, self.settings.blob_attempts):
             with attempt:
                 url = upload_url or self.dst.start_upload(self.dst_repo)
@@ -436,7 +451,8 @@ class _ImageCopy:
                                              got=declared)
                     if size < 0:
                         raise RegistryError(f"blob {blob.digest} has no known size")
-                    reader = VerifyingReader(response, blob.digest, size, self.on_bytes)
+                    reader = VerifyingReader(response, blob.digest, size, self.on_bytes,
+                                             window=self.settings.read_timeout)
                     self.dst.finish_upload(self.dst_repo, url, blob.digest, reader)
                 except BaseException:
                     self.dst.cancel_upload(self.dst_repo, url)

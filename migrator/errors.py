@@ -105,6 +105,11 @@ class TransportError(RetryableError):
     """The connection failed: reset, refused, timed out, TLS handshake, truncated body."""
 
 
+class UploadSessionLost(RetryableError, RegistryError):
+    """The registry no longer knows a chunked upload (expired, purged, or at another offset
+    than recorded): the next try starts a fresh one."""
+
+
 class RetryableStatus(RetryableError, RegistryError):
     """408, 429 or 5xx. `retry_after` is the server's hint in seconds, if it gave one."""
 

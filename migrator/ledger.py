@@ -7,6 +7,9 @@ for `migrator sync --state DIR`, and Redis, shared by the fleet.
     blob      (target registry, digest) → repositories known to hold it
     manifest  target reference → (source digest, target digest) last synced
     lock      (target registry, digest) → single flight: one copier uploads, the others wait
+    upload    (target registry, repository, digest) → a chunked upload's session URL and the
+              offset the registry last confirmed, so that another try (or another worker after
+              a crash) resumes a large blob where it stopped
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ class ManifestRecord:
     target_digest: str
 
 
+@dataclass(frozen=True)
+class UploadSession:
+    """A chunked upload in progress: where to send the next chunk, and from which offset."""
+
+    url: str
+    offset: int
+
+
 class Ledger(Protocol):
     def blob_repositories(self, registry: str, digest: str) -> set[str]: ...
 
@@ -41,6 +52,13 @@ class Ledger(Protocol):
     def forget_manifest(self, target: str) -> None: ...
 
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]: ...
+
+    def upload_session(self, registry: str, repository: str, digest: str
+                       ) -> UploadSession | None: ...
+
+    def save_upload_session(self, registry: str, repository: str, digest: str,
+                            session: UploadSession | None) -> None:
+        """Record a session (None forgets it)."""
 
     def close(self) -> None: ...
 
@@ -76,6 +94,7 @@ class MemoryLedger:
     def __init__(self) -> None:
         self._blobs: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._manifests: dict[str, ManifestRecord] = {}
+        self._uploads: dict[tuple[str, str, str], UploadSession] = {}
         self._lock = threading.Lock()
         self._locks = _LocalLocks()
 
@@ -107,6 +126,19 @@ class MemoryLedger:
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
         return self._locks.hold(registry, digest)
 
+    def upload_session(self, registry: str, repository: str, digest: str
+                       ) -> UploadSession | None:
+        with self._lock:
+            return self._uploads.get((registry, repository, digest))
+
+    def save_upload_session(self, registry: str, repository: str, digest: str,
+                            session: UploadSession | None) -> None:
+        with self._lock:
+            if session is None:
+                self._uploads.pop((registry, repository, digest), None)
+            else:
+                self._uploads[(registry, repository, digest)] = session
+
     def close(self) -> None:
         pass
 
@@ -124,6 +156,10 @@ class SQLiteLedger:
         PRIMARY KEY (registry, digest, repository));
     CREATE TABLE IF NOT EXISTS manifests (
         target TEXT PRIMARY KEY, source_digest TEXT NOT NULL, target_digest TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS uploads (
+        registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL,
+        url TEXT NOT NULL, "offset" INTEGER NOT NULL,
+        PRIMARY KEY (registry, repository, digest));
     """
 
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
@@ -179,6 +215,28 @@ class SQLiteLedger:
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
         return self._locks.hold(registry, digest)
 
+    def upload_session(self, registry: str, repository: str, digest: str
+                       ) -> UploadSession | None:
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    'SELECT url, "offset" FROM uploads WHERE registry = ? AND repository = ? '
+                    "AND digest = ?", (registry, repository, digest)).fetchone()
+            except sqlite3.OperationalError:  # a read-only state file from an older version
+                return None
+        return UploadSession(row[0], row[1]) if row else None
+
+    def save_upload_session(self, registry: str, repository: str, digest: str,
+                            session: UploadSession | None) -> None:
+        with self._lock:
+            if session is None:
+                self._db.execute(
+                    "DELETE FROM uploads WHERE registry = ? AND repository = ? AND digest = ?",
+                    (registry, repository, digest))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
+                                 (registry, repository, digest, session.url, session.offset))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -190,17 +248,20 @@ class RedisLedger:
         {prefix}blob:{registry}:{digest}   SET of repositories holding the blob
         {prefix}manifest:{target}          HASH source, target (digests last synced)
         {prefix}lock:{registry}:{digest}   single-flight lock with a TTL, renewed while held
+        {prefix}upload:{registry}:{repository}:{digest}
+                                           HASH url, offset of a chunked upload, with a TTL
 
     Keys hold registry names, repositories and digests only: never a credential. Takes a
     `redis.Redis` client so that this module needs no Redis import of its own.
     """
 
     def __init__(self, client: Any, *, prefix: str = "migrator:", lock_ttl: float = 60.0,
-                 lock_wait: float = 3600.0) -> None:
+                 lock_wait: float = 3600.0, upload_ttl: int = 86400) -> None:
         self.redis = client
         self.prefix = prefix
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
+        self.upload_ttl = upload_ttl
 
     def _blob_key(self, registry: str, digest: str) -> str:
         return f"{self.prefix}blob:{registry}:{digest}"
@@ -254,6 +315,28 @@ class RedisLedger:
             if acquired:
                 with suppress(Exception):  # expired meanwhile: someone else may hold it now
                     lock.release()
+
+    def _upload_key(self, registry: str, repository: str, digest: str) -> str:
+        return f"{self.prefix}upload:{registry}:{repository}:{digest}"
+
+    def upload_session(self, registry: str, repository: str, digest: str
+                       ) -> UploadSession | None:
+        values = self.redis.hmget(self._upload_key(registry, repository, digest), "url", "offset")
+        if not values[0] or values[1] is None:
+            return None
+        return UploadSession(text(values[0]), int(values[1]))
+
+    def save_upload_session(self, registry: str, repository: str, digest: str,
+                            session: UploadSession | None) -> None:
+        key = self._upload_key(registry, repository, digest)
+        if session is None:
+            self.redis.delete(key)
+            return
+        # Registries purge idle sessions after a while; so does the TTL here.
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"url": session.url, "offset": session.offset})
+            pipe.expire(key, self.upload_ttl)
+            pipe.execute()
 
     def close(self) -> None:
         pass  # the Redis client belongs to the caller

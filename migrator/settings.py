@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     chunk_size: int = Field(1 << 20, ge=4096, description="bytes per read of a blob stream")
     blob_parallelism: int = Field(4, ge=1, description="blobs of one image copied at once")
     blob_attempts: int = Field(3, ge=1, description="tries of one blob copy (fresh upload each)")
+    chunked_upload_threshold: int = Field(
+        64 << 20, ge=0, description="blobs larger than this go up in chunks whose session "
+        "and confirmed offset are kept in the ledger, so that a broken upload resumes")
+    upload_chunk_size: int = Field(
+        32 << 20, ge=1 << 16, description="bytes per PATCH of a chunked upload")
+    upload_session_ttl: int = Field(
+        86400, ge=60, description="seconds the fleet keeps a chunked upload's session")
     max_manifest_bytes: int = Field(4 << 20, ge=1024, description="largest manifest accepted")
     max_tag_pages: int = Field(1000, ge=1, description="tag-list pages followed at most")
     tag_list_ttl: float = Field(

@@ -55,7 +55,8 @@ class WorkerContext:
         self.settings: Settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.ledger = RedisLedger(self.redis, prefix=settings.redis_prefix,
-                                  lock_ttl=settings.lock_ttl, lock_wait=settings.lock_wait)
+                                  lock_ttl=settings.lock_ttl, lock_wait=settings.lock_wait,
+                                  upload_ttl=settings.upload_session_ttl)
         self.runs = RunStore(self.redis, prefix=settings.redis_prefix, ttl=settings.run_ttl)
         self.pool = ClientPool(settings)
         self.blob_pool = ThreadPoolExecutor(settings.blob_parallelism * 8,
@@ -121,6 +122,11 @@ def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str =
                         on_bytes=health.progress(self.request.id),
                         platforms=frozenset(platforms or ()), referrers=referrers)
     health.copied(result)
+    if not ctx.redis.exists(ctx.runs.key(run_id)):
+        # Redis lost the run (flushed, or restarted without its data): recording the copy
+        # would recreate a run of 0 images that looks finished and successful.
+        log.warning("run %s is no longer in Redis: %s copied, not recorded", run_id, job)
+        return
     ctx.runs.succeeded(run_id, f"{source} -> {target}", result.bytes_copied)
 
 

@@ -32,8 +32,10 @@ from migrator.errors import (
     RetryableError,
     RetryableStatus,
     TransportError,
+    UploadSessionLost,
 )
-from migrator.registry.auth import Authenticator, repository_scope
+from migrator.ledger import UploadSession
+from migrator.registry.auth import Authenticator, GuardedSession, repository_scope
 from migrator.registry.manifest import (
     ACCEPT,
     OCI_INDEX,
@@ -42,6 +44,7 @@ from migrator.registry.manifest import (
     parse_descriptors,
     parse_manifest,
 )
+from migrator.registry.stream import preload, read_capped
 from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,7 +139,7 @@ class RegistryClient:
         self.api_host = API_HOSTS.get(registry, registry)
         self.credentials = credentials
         self.settings = settings
-        self.session = requests.Session()
+        self.session = GuardedSession(allow_plain_http=credentials.allow_plain_http)
         self.session.headers["User-Agent"] = USER_AGENT
         adapter = _Adapter(settings.chunk_size, pool_connections=1,
                            pool_maxsize=settings.pool_connections, max_retries=0)
@@ -217,8 +220,10 @@ class RegistryClient:
             if authorization:
                 request_headers["Authorization"] = authorization
             try:
+                # Always streamed: no answer is read whole unless asked; `preload` below reads
+                # the others capped (an evil registry's 100 MiB tag list or error body).
                 response = self.session.request(
-                    method, url, headers=request_headers, data=data, stream=stream,
+                    method, url, headers=request_headers, data=data, stream=True,
                     timeout=self.timeout, verify=self.verify, allow_redirects=allow_redirects,
                 )
             except requests.exceptions.SSLError as exc:
@@ -232,13 +237,25 @@ class RegistryClient:
                 raise TransportError(
                     f"{method} {redact(url)}: {type(exc).__name__}: {_short(exc)}"
                 ) from None
+            except requests.RequestException as exc:
+                # Too many redirects, a URL requests cannot use: permanent, and the text of
+                # such errors may carry a signed URL, so only its type is shown.
+                raise RegistryError(f"{self.registry}: {type(exc).__name__} (redirect loop or "
+                                    "unusable URL)", method=method, url=redact(url)) from None
             if (response.status_code == 401 and learn_on_401 and not authenticated_again
                     and replayable and self.auth.learn(response, scopes)):
                 authenticated_again = True
+                preload(response, 64 << 10, self.timeout[1], f"{self.registry}: 401 answer",
+                        truncate=True)  # read (capped) so that the connection is reused
                 response.close()
                 continue
             if response.status_code in expect:
+                if not stream:
+                    preload(response, self.settings.max_manifest_bytes, self.timeout[1],
+                            f"{self.registry}: answer to {method} {redact(url)}")
                 return response
+            preload(response, 64 << 10, self.timeout[1], f"{self.registry}: error answer",
+                    truncate=True)
             raise self._error(method, url, response, scopes)
 
     def _own_host(self, url: str) -> bool:
@@ -382,19 +399,12 @@ class RegistryClient:
             "GET", f"/v2/{repository}/manifests/{reference}", stream=True,
             scopes=(repository_scope(repository, "pull"),), headers={"Accept": ACCEPT})
         with response:
-            limit = self.settings.max_manifest_bytes
-            declared = int(response.headers.get("Content-Length") or 0)
-            if declared > limit:
-                raise RegistryError(f"manifest larger than {limit} bytes refused",
-                                    method="GET", url=redact(response.url))
-            try:
-                raw = response.raw.read(limit + 1, decode_content=True)
-            except (OSError, requests.RequestException) as exc:
-                raise TransportError(f"GET {redact(response.url)}: {_short(exc)}") from None
-            if len(raw) > limit:
-                raise RegistryError(f"manifest larger than {limit} bytes refused",
-                                    method="GET", url=redact(response.url))
-        expected = reference if reference.startswith("sha") else None
+            raw = read_capped(response, self.settings.max_manifest_bytes, self.timeout[1],
+                              f"manifest {redact(response.url)}")
+        # By tag, the registry's Docker-Content-Digest names the bytes it sent: bytes hashing
+        # to another digest were damaged on the way, a digest mismatch (not "invalid JSON").
+        expected = reference if reference.startswith("sha") else (
+            response.headers.get("Docker-Content-Digest") or None)
         return parse_manifest(raw, response.headers.get("Content-Type", ""), expected)
 
     def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
@@ -413,9 +423,13 @@ class RegistryClient:
         # following keeps the registry's Authorization from going to another host.
         return response.status_code == 200
 
-    def open_blob(self, repository: str, digest: str) -> requests.Response:
-        """A streamed GET. requests drops Authorization on redirects to another host."""
+    def open_blob(self, repository: str, digest: str, offset: int = 0) -> requests.Response:
+        """A streamed GET, from `offset` on with a Range request (206; a registry that ignores
+        Range answers 200 with the whole blob). requests drops Authorization on redirects to
+        another host."""
+        headers = {"Range": f"bytes={offset}-"} if offset else None
         return self.request("GET", f"/v2/{repository}/blobs/{digest}", stream=True,
+                            headers=headers, expect=(200, 206) if offset else (200,),
                             scopes=(repository_scope(repository, "pull"),))
 
     def mount_blob(self, repository: str, digest: str, from_repository: str) -> str | None:
@@ -446,6 +460,51 @@ class RegistryClient:
             scopes=(repository_scope(repository, "pull,push"),), data=body,
             headers={"Content-Type": "application/octet-stream"})
         response.close()
+
+    def upload_chunk(self, repository: str, session: UploadSession, body: object,
+                     length: int) -> UploadSession:
+        """PATCH `length` bytes at the session's offset; the registry's `Range` answer, not our
+        own count, says how far the upload now goes. Not retried here (a stream)."""
+        end = session.offset + length - 1
+        try:
+            response = self._send(
+                "PATCH", session.url, expect=(202,), data=body,
+                scopes=(repository_scope(repository, "pull,push"),),
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Range": f"{session.offset}-{end}"})
+        except RegistryError as exc:
+            raise self._lost(exc, session) from None
+        response.close()
+        confirmed = _range_end(response.headers.get("Range"))
+        url = self._location(response)
+        if confirmed is None:
+            return self.upload_status(repository, url) or UploadSession(url, end + 1)
+        return UploadSession(url, confirmed)
+
+    def upload_status(self, repository: str, url: str) -> UploadSession | None:
+        """Where a chunked upload stands by the registry (GET on the session: `Range`), or
+        None when the registry does not know it (any more)."""
+        response = self.request("GET", url, expect=(200, 204, 400, 404, 416),
+                                scopes=(repository_scope(repository, "pull,push"),))
+        response.close()
+        confirmed = _range_end(response.headers.get("Range"))
+        if response.status_code not in (200, 204) or confirmed is None:
+            return None
+        location = response.headers.get("Location")
+        return UploadSession(urljoin(response.url, location) if location else url, confirmed)
+
+    def _lost(self, exc: RegistryError, session: UploadSession) -> RegistryError:
+        """A refused PATCH whose cause is the session itself: unknown, invalid, or at another
+        offset (416). Distribution cancels a session whose recorded offset is behind the bytes
+        it holds, e.g. after a PATCH cut mid-body."""
+        if isinstance(exc, RetryableError) or not (
+                exc.status in (404, 416) or exc.code in ("BLOB_UPLOAD_UNKNOWN",
+                                                         "BLOB_UPLOAD_INVALID")):
+            return exc
+        return UploadSessionLost(
+            f"{self.registry}: upload session at offset {session.offset} lost "
+            f"({exc.status} {exc.code}); starting a fresh one",
+            method="PATCH", url=redact(session.url), status=exc.status, code=exc.code)
 
     def cancel_upload(self, repository: str, upload_url: str) -> None:
         """Best effort: a stale session is harmless, the registry purges it eventually."""
@@ -491,6 +550,18 @@ class RegistryClient:
         return RegistryError(
             f"{self.registry} does not offer its catalog (the list of its repositories): "
             "write one rule per repository", **where)
+
+
+def _range_end(value: str | None) -> int | None:
+    """`Range: 0-1023` (an upload's extent) → 1024 bytes held. Distribution answers `0-0`
+    for an empty session too, which reads as 0 here: we record sessions only after a chunk."""
+    if not value:
+        return None
+    start, _, end = value.removeprefix("bytes=").partition("-")
+    if not start.strip().isdigit() or not end.strip().isdigit():
+        return None
+    end_value = int(end)
+    return 0 if end_value == 0 else end_value + 1
 
 
 def _short(exc: BaseException) -> str:
