@@ -4,6 +4,17 @@ The registry tells us how to authenticate in its `WWW-Authenticate` challenge, f
 `/v2/` ping. With Bearer we then ask the realm for a token per set of scopes
 (`repository:ns/repo:pull,push`) and keep it until shortly before it expires, so that one token
 serves every request of a repository instead of a 401 round trip per request.
+
+Where credentials may go (SECURITY.md):
+- The bearer token goes to the registry it was issued for, on its own host only (the client
+  checks each request's host; one `Authenticator` per registry and credential).
+- The username and password go to the registry itself (Basic) or to the token realm the
+  registry names. A realm on another host is normal (Docker Hub, GHCR); a realm over plain
+  HTTP gets them only when the registry's entry is `insecure`, a realm with another scheme
+  never.
+- Redirects (blob downloads to storage) never carry an Authorization header to another host
+  (requests drops it), never go to a scheme other than HTTP(S) and never downgrade HTTPS to
+  plain HTTP unless the entry is `insecure`.
 """
 
 from __future__ import annotations
@@ -12,15 +23,58 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
 from migrator.auth import RegistryAuth
-from migrator.errors import AuthError, TransportError
+from migrator.errors import AuthError, RegistryError, TransportError
+from migrator.registry.stream import read_capped
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 TOKEN_REFRESH_MARGIN = 10.0
 DEFAULT_TOKEN_LIFETIME = 60.0
+MAX_TOKEN_ANSWER = 1 << 20  # a token answer is a few KiB; a bigger one is not read whole
+MAX_REDIRECTS = 5  # storage redirects are one hop; a loop ends here with a clear error
+
+
+def _where(url: str) -> str:
+    """A URL for messages: scheme, host and path (a realm's or signed URL's query dropped)."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class GuardedSession(requests.Session):
+    """requests' Session whose redirects stay on HTTP(S), never downgrade HTTPS to plain HTTP
+    (unless `allow_plain_http`), stop after MAX_REDIRECTS, and whose redirect bodies are
+    never read (requests would read one whole to reuse the connection)."""
+
+    def __init__(self, *, allow_plain_http: bool) -> None:
+        super().__init__()
+        self.allow_plain_http = allow_plain_http
+        self.max_redirects = MAX_REDIRECTS
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target is None:
+            return None
+        # requests hands the Location over as latin-1 decoded bytes; urljoin copes with both
+        absolute = urljoin(resp.url, target)
+        scheme = urlsplit(absolute).scheme.lower()
+        if scheme not in ("http", "https"):
+            resp.close()
+            raise RegistryError(f"{_where(resp.url)} redirected to a {scheme or 'relative'}: "
+                                "URL; only HTTP(S) redirects are followed")
+        if (scheme == "http" and urlsplit(resp.url).scheme.lower() == "https"
+                and not self.allow_plain_http):
+            resp.close()
+            raise RegistryError(f"{_where(resp.url)} redirected from HTTPS to plain HTTP "
+                                f"({_where(absolute)}); refused unless the registry is insecure")
+        if resp.headers.get("Content-Length") != "0":
+            resp.close()  # an unread body of any size: drop this connection instead
+            resp._content, resp._content_consumed = b"", True  # type: ignore[attr-defined]
+        return target
 
 
 @dataclass(frozen=True)
@@ -151,19 +205,32 @@ class Authenticator:
         realm = self.challenge.params.get("realm")
         if not realm:
             raise AuthError(f"{self.registry}: the registry asked for a token but named no realm")
+        self._check_realm(realm)
         params: list[tuple[str, str]] = []
         if self.challenge.params.get("service"):
             params.append(("service", self.challenge.params["service"]))
         params.extend(("scope", scope) for scope in scopes)
+        realm_shown = _where(realm)
         try:
             response = self.session.get(
                 realm, params=params, auth=self._basic(), verify=self.verify,
-                timeout=self.timeout, allow_redirects=False,
+                timeout=self.timeout, allow_redirects=False, stream=True,
             )
-        except requests.RequestException as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransportError(
-                f"{self.registry}: token service {realm} unreachable: {type(exc).__name__}"
-            ) from None
+                f"{self.registry}: token service {realm_shown} unreachable: "
+                f"{type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise AuthError(f"{self.registry}: token service {realm_shown} could not be "
+                            f"asked: {type(exc).__name__}") from None
+        with response:
+            try:
+                response._content = read_capped(  # type: ignore[attr-defined]
+                    response, MAX_TOKEN_ANSWER, self.timeout[1],
+                    f"{self.registry}: token service answer", truncate=True)
+            except RegistryError as exc:
+                raise AuthError(str(exc)) from None
+            response._content_consumed = True  # type: ignore[attr-defined]
         self.tokens_fetched += 1
         if response.status_code in (401, 403):
             who = f"user {self.credentials.username!r}" if self.credentials.username else (
@@ -174,8 +241,8 @@ class Authenticator:
             )
         if response.status_code != 200:
             raise AuthError(
-                f"{self.registry}: token service {realm} answered HTTP {response.status_code}"
-            )
+                f"{self.registry}: token service {realm_shown} answered HTTP "
+                f"{response.status_code}")
         try:
             body = response.json()
             token = body.get("token") or body.get("access_token")
@@ -183,5 +250,17 @@ class Authenticator:
         except (ValueError, AttributeError, TypeError):
             token = None
         if not token:
-            raise AuthError(f"{self.registry}: token service {realm} returned no token")
-        return token, lifetime
+            raise AuthError(f"{self.registry}: token service {realm_shown} returned no token")
+        return str(token), lifetime
+
+    def _check_realm(self, realm: str) -> None:
+        """The realm is named by the registry, so it is checked before it gets a password."""
+        scheme = urlsplit(realm).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise AuthError(f"{self.registry}: token realm {_where(realm)!r} refused: only "
+                            "https:// (or http:// for an insecure registry) realms are asked")
+        if scheme == "http" and self._basic() is not None and not self.credentials.insecure:
+            raise AuthError(
+                f"{self.registry}: token realm {_where(realm)} is plain HTTP: the password of "
+                f"user {self.credentials.username!r} is not sent in clear (set insecure: true "
+                "on the registry's entry to allow it)")

@@ -3,12 +3,92 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 
 import requests
 import urllib3.exceptions
 
-from migrator.errors import DigestMismatch, TransportError
+from migrator.errors import DigestMismatch, RegistryError, TransportError
+
+# Slow-loris guard: a body must bring this many bytes (or its end) in every read-timeout
+# window. The read timeout alone bounds one silent wait, not a server that drips a byte just
+# before each timeout; at the default 120 s window this floor is ~550 bytes/s.
+MIN_PROGRESS = 64 * 1024
+PIECE = 256 * 1024  # the most one socket read asks for
+
+
+class Pace:
+    """Raises `TransportError` when a body brings less than MIN_PROGRESS bytes in a window."""
+
+    def __init__(self, window: float, what: str) -> None:
+        self.window = window
+        self.what = what
+        self._start = time.monotonic()
+        self._bytes = 0
+
+    def add(self, count: int) -> None:
+        self._bytes += count
+        now = time.monotonic()
+        if self._bytes >= MIN_PROGRESS:
+            self._start, self._bytes = now, 0
+        elif now - self._start > self.window:
+            raise TransportError(
+                f"{self.what}: fewer than {MIN_PROGRESS} bytes in {self.window:g} s "
+                "(read timeout): the server is too slow")
+
+
+def read_capped(response: requests.Response, limit: int, window: float, what: str, *,
+                truncate: bool = False) -> bytes:
+    """At most `limit` bytes of a streamed answer's body, decoded, read at a bounded pace.
+
+    Larger: `RegistryError` (or, with `truncate`, the first `limit` bytes and the connection
+    closed), found out from Content-Length before reading when the server declares it. What a
+    registry says is never trusted to be small: a manifest, a tag list, an error body or a
+    token answer of 100 MiB (or a gzip bomb) costs at most `limit` bytes of memory.
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit and not truncate:
+        response.close()
+        raise RegistryError(f"{what} larger than {limit} bytes refused")
+    pace = Pace(window, what)
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while total <= limit:
+            piece = response.raw.read1(min(PIECE, limit + 1 - total), decode_content=True)
+            if not piece:
+                break
+            parts.append(piece)
+            total += len(piece)
+            pace.add(len(piece))
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        response.close()
+        if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
+            raise TransportError(f"{what}: timed out after {total} bytes (no byte in "
+                                 f"{window:g} s)") from None
+        raise TransportError(f"{what}: {type(exc).__name__} after {total} bytes") from None
+    except BaseException:
+        response.close()
+        raise
+    body = b"".join(parts)
+    if total > limit:
+        response.close()  # the rest stays unread: this connection cannot be reused
+        if not truncate:
+            raise RegistryError(f"{what} larger than {limit} bytes refused")
+        return body[:limit]
+    response.raw.release_conn()  # read to its end: the connection goes back to the pool
+    return body
+
+
+def preload(response: requests.Response, limit: int, window: float, what: str, *,
+            truncate: bool = False) -> None:
+    """Make `response.content` (and `.json()`, `.text`) the capped body of a streamed answer."""
+    if response._content_consumed:  # type: ignore[attr-defined]
+        return
+    body = read_capped(response, limit, window, what, truncate=truncate)
+    response._content = body  # type: ignore[attr-defined]
+    response._content_consumed = True  # type: ignore[attr-defined]
 
 
 class VerifyingReader:
@@ -27,6 +107,7 @@ class VerifyingReader:
         digest: str,
         size: int,
         on_bytes: Callable[[int], None] | None = None,
+        window: float = 120.0,
     ) -> None:
         algorithm, _, _ = digest.partition(":")
         if algorithm not in ("sha256", "sha512"):
@@ -37,6 +118,7 @@ class VerifyingReader:
         self.on_bytes = on_bytes
         self.received = 0
         self._hash = hashlib.new(algorithm)
+        self._pace = Pace(window, f"source stream of {digest}")
         if size == 0:
             self._check_digest()
 
@@ -48,13 +130,24 @@ class VerifyingReader:
         if remaining <= 0:
             return b""
         want = remaining if amount is None or amount < 0 else min(amount, remaining)
+        # read1 pieces, so that the pace is checked while a slow source drips its bytes;
+        # joined into one block of up to `amount` to keep hashing and sending in big blocks.
+        parts: list[bytes] = []
+        got = 0
         try:
-            data = self.response.raw.read(want, decode_content=False)
+            while got < want:
+                piece = self.response.raw.read1(min(want - got, PIECE), decode_content=False)
+                if not piece:
+                    break
+                parts.append(piece)
+                got += len(piece)
+                self._pace.add(len(piece))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransportError(
-                f"source stream of {self.digest} broke after {self.received} bytes: "
+                f"source stream of {self.digest} broke after {self.received + got} bytes: "
                 f"{type(exc).__name__}"
             ) from None
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         if not data:
             raise TransportError(
                 f"source stream of {self.digest} ended after {self.received} of {self.size} bytes"
