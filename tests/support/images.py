@@ -465,3 +465,46 @@ def get_blob(
     with session_for(registry, auth, verify) as session:
         resp = session.get(f"{_base(registry)}/v2/{repository}/blobs/{digest}", timeout=600)
     return _check(resp, 200).content
+
+
+def audit_copy(
+    registry: Target,
+    repository: str,
+    reference: str,
+    expected: PushedImage,
+    *,
+    auth: Auth = None,
+    verify: str | bool | None = None,
+) -> str | None:
+    """How a copy of ``expected`` stands at ``repository:reference``.
+
+    ``"absent"`` when the tag does not exist, None when it is byte-identical to ``expected``
+    with every child manifest and every blob present and hashing to its digest, else what is
+    wrong. A tag that points at a manifest whose blobs are missing or wrong is wrong: that is
+    what the product must never write (manifest last, digests checked).
+    """
+    base = _base(registry)
+    with session_for(registry, auth, verify) as session:
+
+        def manifest(ref: str) -> bytes | None:
+            resp = session.get(f"{base}/v2/{repository}/manifests/{ref}",
+                               headers={"Accept": ACCEPT}, timeout=60)
+            return None if resp.status_code == 404 else _check(resp, 200).content
+
+        raw = manifest(reference)
+        if raw is None:
+            return "absent"
+        if raw != expected.manifest:
+            return f"tag points at {sha256_digest(raw)}, not {expected.digest}"
+        images = expected.children or [expected]
+        for child in expected.children:
+            if manifest(child.digest) != child.manifest:
+                return f"child {child.digest} missing or different"
+        for image in images:
+            for digest in image.blobs:
+                resp = session.get(f"{base}/v2/{repository}/blobs/{digest}", timeout=600)
+                if resp.status_code != 200:
+                    return f"blob {digest} missing (HTTP {resp.status_code})"
+                if sha256_digest(resp.content) != digest:
+                    return f"blob {digest} holds other bytes"
+    return None

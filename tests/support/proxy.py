@@ -18,6 +18,19 @@ checked in the order they were added; a matching ``delay`` rule combines with th
 matching rule of another kind, otherwise the first match wins. Each firing is appended to
 ``fired``; every request to ``requests`` as (method, path, status sent to the client, 0
 when the connection was reset before a status line).
+
+Every fault also takes ``rate``: a matching request is hit with that probability only (a
+request it spares does not use up ``times``). The draws come from one ``random.Random``
+seeded by the proxy's ``seed``, so a run that sends the same requests in the same order is
+hit the same way. ``MANIFEST``, ``BLOB`` and ``UPLOAD`` are path regexes of the request
+classes (manifests, blobs by digest, upload sessions) for the ``path`` argument.
+
+Kinds: ``flip_byte`` (one byte of the body XORed), ``status`` (an error answer, optionally
+with Retry-After), ``reset`` (RST or FIN before or inside the body), ``truncate`` (the
+full Content-Length announced, part of the body sent, then FIN), ``trickle`` (the body
+sent a few bytes at a time), ``stall`` (headers and some body, then silence until the
+proxy stops: only the client's read timeout ends it), ``delay`` (a pause before
+forwarding).
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import random
 import re
 import socket
 import struct
@@ -37,6 +51,10 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 CHUNK = 1 << 20
+# Request classes, as path regexes for the fault methods' ``path`` argument.
+MANIFEST = r"^/v2/.+/manifests/"
+BLOB = r"^/v2/.+/blobs/sha(?:256|512):"  # a blob by digest (GET/HEAD), not an upload
+UPLOAD = r"^/v2/.+/blobs/uploads/"  # upload sessions: POST, PATCH, PUT, DELETE
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -78,6 +96,10 @@ class _Rule:
     forward: bool = True
     hard: bool = True
     seconds: float = 0.0
+    rate: float | None = None
+    fraction: float = 0.5
+    step_bytes: int = 0
+    after_body: int | None = None  # stall: body bytes sent before the silence (None: none)
 
     def matches(self, method: str, path: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -90,7 +112,7 @@ class _Rule:
 class FaultProxy:
     """Threaded proxy on 127.0.0.1 with a small fault-injection API (see module doc)."""
 
-    def __init__(self, upstream_url: str, *, timeout: float = 300.0) -> None:
+    def __init__(self, upstream_url: str, *, timeout: float = 300.0, seed: int = 0) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http":
             raise ValueError("FaultProxy forwards to plain-HTTP upstreams only")
@@ -98,9 +120,12 @@ class FaultProxy:
         self.upstream_host = parts.netloc
         self.timeout = timeout
         self.requests: list[tuple[str, str, int]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each entry of requests
         self.fired: list[Fired] = []
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._stopped = threading.Event()  # ends stalls when the proxy stops
         self._conns: set[socket.socket] = set()
         self._server = _Server(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
@@ -123,10 +148,15 @@ class FaultProxy:
         return re.compile(path)
 
     def flip_byte(
-        self, method: str | None = "GET", path: str = r"/blobs/sha256:", times: int | None = 1
+        self,
+        method: str | None = "GET",
+        path: str = r"/blobs/sha256:",
+        times: int | None = 1,
+        *,
+        rate: float | None = None,
     ) -> None:
         """Flip (XOR 0xFF) the middle byte of the response body; length unchanged."""
-        self._add(_Rule("flip_byte", method, self._compile(path), times))
+        self._add(_Rule("flip_byte", method, self._compile(path), times, rate=rate))
 
     def status(
         self,
@@ -136,6 +166,8 @@ class FaultProxy:
         times: int | None = 1,
         retry_after: float | str | None = None,
         body: bytes | None = None,
+        *,
+        rate: float | None = None,
     ) -> None:
         """Answer ``code`` (plus ``Retry-After`` when given) without forwarding.
 
@@ -148,7 +180,8 @@ class FaultProxy:
         )
         self._add(
             _Rule(
-                "status", method, self._compile(path), times, code=code, retry_after=ra, body=body
+                "status", method, self._compile(path), times, code=code, retry_after=ra, body=body,
+                rate=rate,
             )
         )
 
@@ -161,6 +194,7 @@ class FaultProxy:
         *,
         forward: bool = True,
         hard: bool = True,
+        rate: float | None = None,
     ) -> None:
         """Drop the client connection abruptly.
 
@@ -180,14 +214,76 @@ class FaultProxy:
                 after_bytes=after_bytes,
                 forward=forward or after_bytes > 0,
                 hard=hard,
+                rate=rate,
             )
         )
 
     def delay(
-        self, seconds: float, method: str | None = None, path: str = "", times: int | None = 1
+        self,
+        seconds: float,
+        method: str | None = None,
+        path: str = "",
+        times: int | None = 1,
+        *,
+        rate: float | None = None,
     ) -> None:
         """Sleep ``seconds`` before forwarding the request."""
-        self._add(_Rule("delay", method, self._compile(path), times, seconds=seconds))
+        self._add(_Rule("delay", method, self._compile(path), times, seconds=seconds, rate=rate))
+
+    def truncate(
+        self,
+        method: str | None = "GET",
+        path: str = BLOB,
+        times: int | None = 1,
+        *,
+        fraction: float = 0.5,
+        rate: float | None = None,
+    ) -> None:
+        """Announce the full Content-Length, send ``fraction`` of the body, then close (FIN).
+
+        The client sees a clean end of stream short of the promised length: the framing
+        error a dying server or a middlebox produces, unlike a reset's RST.
+        """
+        if not 0 <= fraction < 1:
+            raise ValueError("fraction must be in [0, 1)")
+        self._add(_Rule("truncate", method, self._compile(path), times, fraction=fraction,
+                        rate=rate))
+
+    def trickle(
+        self,
+        step_bytes: int = 4096,
+        interval: float = 0.05,
+        method: str | None = "GET",
+        path: str = BLOB,
+        times: int | None = 1,
+        *,
+        rate: float | None = None,
+    ) -> None:
+        """Send the response body ``step_bytes`` at a time, one piece every ``interval`` s."""
+        if step_bytes <= 0 or interval < 0:
+            raise ValueError("step_bytes must be positive and interval not negative")
+        self._add(_Rule("trickle", method, self._compile(path), times, step_bytes=step_bytes,
+                        seconds=interval, rate=rate))
+
+    def stall(
+        self,
+        method: str | None = None,
+        path: str = "",
+        times: int | None = 1,
+        *,
+        after_bytes: int | None = None,
+        seconds: float | None = None,
+        rate: float | None = None,
+    ) -> None:
+        """Go silent: hold the connection open without sending anything more.
+
+        ``after_bytes=None``: the request is forwarded (the upstream does the work) but not a
+        byte of the answer reaches the client; an int: status line, headers and that many
+        body bytes first. The silence lasts ``seconds`` (None: until the proxy stops), then
+        the connection is closed: only the client's own timeout can end it sooner.
+        """
+        self._add(_Rule("stall", method, self._compile(path), times, after_body=after_bytes,
+                        seconds=3.0e7 if seconds is None else seconds, rate=rate))
 
     def clear(self) -> None:
         """Remove every rule (``fired`` and ``requests`` are kept)."""
@@ -205,6 +301,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         """Stop accepting, drop open client connections; idempotent."""
+        self._stopped.set()
         if self._thread.is_alive():
             self._server.shutdown()
         with self._lock:
@@ -231,6 +328,12 @@ class FaultProxy:
             for rule in self._rules:
                 if not rule.matches(method, path):
                     continue
+                if (rule.kind == "delay" and delay is not None) or (
+                    rule.kind != "delay" and other is not None
+                ):
+                    continue  # this slot is taken: no draw, so the other rules' draws hold
+                if rule.rate is not None and self._random.random() >= rule.rate:
+                    continue  # spared this time; ``times`` is only used by real hits
                 if rule.kind == "delay":
                     if delay is not None:
                         continue
@@ -247,6 +350,7 @@ class FaultProxy:
     def _record(self, method: str, path: str, status: int) -> None:
         with self._lock:
             self.requests.append((method, path, status))
+            self.request_times.append(time.monotonic())
 
     def _rewrite_location(self, value: str) -> str:
         if value.startswith(self.upstream_url):
@@ -453,10 +557,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             proxy._record(method, path, 0)
             self._abort(rule.hard)
             return
+        if rule is not None and rule.kind == "stall" and rule.after_body is None:
+            # Upstream did the work; the client waits for an answer that never comes.
+            self._drop_upstream()
+            proxy._record(method, path, 0)
+            proxy._stopped.wait(rule.seconds)
+            self._abort(False)
+            return
 
         no_body = method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
         length = resp.getheader("Content-Length")
-        flip = rule is not None and rule.kind == "flip_byte"
+        flip = rule is not None and rule.kind in ("flip_byte", "truncate")
         buffered: bytes | None = None
         if flip and not no_body and length is None:
             buffered = resp.read()  # unknown length: buffer to find the middle
@@ -492,10 +603,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         chunked_out: bool,
         rule: _Rule | None,
     ) -> None:
-        flip_at = (
-            int(length) // 2 if rule is not None and rule.kind == "flip_byte" and length else -1
-        )
-        cut_at = rule.after_bytes if rule is not None and rule.kind == "reset" else -1
+        kind = rule.kind if rule is not None else ""
+        flip_at = int(length) // 2 if kind == "flip_byte" and length else -1
+        cut_at, hard = -1, True
+        if kind == "reset":
+            cut_at, hard = rule.after_bytes, rule.hard  # type: ignore[union-attr]
+        elif kind == "truncate" and length:
+            cut_at, hard = int(int(length) * rule.fraction), False  # type: ignore[union-attr]
+        elif kind == "stall":
+            cut_at = rule.after_body or 0  # type: ignore[union-attr]
+        step = rule.step_bytes if kind == "trickle" else 0  # type: ignore[union-attr]
         sent = 0
         pieces: Iterator[bytes] = (
             iter([buffered]) if buffered is not None else iter(lambda: resp.read(CHUNK), b"")
@@ -508,17 +625,31 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 piece = piece[: cut_at - sent]
                 if piece:
                     self._write(piece, chunked_out)
-                self._drop_upstream()
-                self._abort(rule.hard if rule is not None else True)
+                self._cut(rule, hard)
                 return
-            self._write(piece, chunked_out)
+            if step:
+                for start in range(0, len(piece), step):
+                    self._write(piece[start : start + step], chunked_out)
+                    self.wfile.flush()
+                    if self.proxy._stopped.wait(rule.seconds):  # type: ignore[union-attr]
+                        break
+            else:
+                self._write(piece, chunked_out)
             sent += len(piece)
-        if cut_at >= 0:  # body shorter than after_bytes: still drop the connection
-            self._drop_upstream()
-            self._abort(rule.hard if rule is not None else True)
+        if cut_at >= 0:  # body shorter than the cut: still cut the connection
+            self._cut(rule, hard)
             return
         if chunked_out:
             self.wfile.write(b"0\r\n\r\n")
+
+    def _cut(self, rule: _Rule | None, hard: bool) -> None:
+        """End a response early: a stall first goes silent for its time, then FIN."""
+        self._drop_upstream()
+        if rule is not None and rule.kind == "stall":
+            self.wfile.flush()
+            self.proxy._stopped.wait(rule.seconds)
+            hard = False
+        self._abort(hard)
 
     def _write(self, piece: bytes, chunked: bool) -> None:
         if chunked:

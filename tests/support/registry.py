@@ -206,6 +206,20 @@ class RunningRegistry:
         self.stop()
         self._launch()
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no graceful shutdown, open requests die with the process.
+
+        ``start()`` brings it back on the same port with the same storage.
+        """
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self.stop()
+
+    def start(self) -> None:
+        """Start again after ``stop()`` or ``kill()``: same port, storage and secret."""
+        if not self.running:
+            self._launch()
+
     def _launch(self) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
