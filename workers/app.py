@@ -24,8 +24,13 @@ def make_app(settings: Settings) -> Celery:
     """The app for these settings: the workers' (below) and the producer's are the same."""
     app = Celery("migrator", broker=settings.redis_url, include=["workers.tasks"])
     app.conf.update(
+        # JSON in every direction: a message in another format (pickle can run code when it
+        # is read) is refused by the worker before it is decoded.
         task_serializer="json",
         accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        event_serializer="json",
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
