@@ -217,6 +217,10 @@ def _value_problem(exc: ValueError) -> str:
     return str(exc).split(";")[0][:200]
 
 
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unreadable"
+
+
 def _parse_json(name: str, text: str) -> tuple[object, str | None]:
     if not text.strip():
         return None, f"{name}: the file is empty: write {{}} for a file without entries"
@@ -236,12 +240,17 @@ def _parse_yaml(name: str, text: str, raw_text_keys: frozenset[str]) -> tuple[ob
     except _AliasRefused as exc:
         where = f"line {exc.line}: " if exc.line is not None else ""
         return None, f"{name}: {where}invalid YAML: {exc}"
+    except yaml.reader.ReaderError as exc:  # its text spans lines and names "<unicode string>"
+        line = text[: exc.position].count("\n") + 1
+        return None, (f"{name}: line {line}: invalid YAML: the control character "
+                      f"U+{exc.character:04X} is not allowed")
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return None, f"{name}: {where}invalid YAML: {exc.problem or exc.context}"
+        problem = _first_line(str(exc.problem or exc.context))
+        return None, f"{name}: {where}invalid YAML: {problem}"
     except yaml.YAMLError as exc:
-        return None, f"{name}: invalid YAML: {exc}"
+        return None, f"{name}: invalid YAML: {_first_line(str(exc))}"
     except RecursionError:
         return None, f"{name}: invalid YAML: nested too deeply"
     except ValueError as exc:  # a number too long to read, a date such as 2024-13-45
