@@ -64,7 +64,7 @@ ENVIRON = {
 
 # What a failure's reason must say for each kind of fault.
 TRANSPORT = (r"ConnectionError|ReadTimeout|ConnectTimeout|ChunkedEncodingError|ProtocolError|"
-             r"broke after|ended after|HTTP 502")  # 502: the proxy's while its upstream is dead
+             r"broke after|ended after|timed out|HTTP 502")  # 502: the proxy's while its upstream is dead
 Hit = tuple[str, str, str]  # (side, method, request class)
 SOURCE_READS: list[Hit] = [("source", "GET", MANIFEST), ("source", "GET", BLOB)]
 EVERY_CLASS: list[Hit] = [
@@ -105,7 +105,8 @@ CLASSES = {c.name: c for c in [
                r"(?!)"),  # slow is not broken: nothing may fail
     FaultClass("stall", [*SOURCE_READS, ("target", "PUT", MANIFEST)],
                lambda p, m, path, rate: p.stall(m, path, None, after_bytes=None if m == "PUT"
-                                                else 300, rate=rate), 0.1, r"ReadTimeout|broke"),
+                                                else 300, rate=rate), 0.1,
+               r"ReadTimeout|broke|timed out"),
     FaultClass("HTTP 500", EVERY_CLASS, _status(500), 0.15, r"HTTP 500"),
     FaultClass("HTTP 502", EVERY_CLASS, _status(502), 0.15, r"HTTP 502"),
     FaultClass("HTTP 503", EVERY_CLASS, _status(503), 0.15, r"HTTP 503"),
