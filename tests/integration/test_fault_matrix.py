@@ -63,8 +63,9 @@ ENVIRON = {
 }
 
 # What a failure's reason must say for each kind of fault.
+# (HTTP 502 is the proxy's answer while its upstream is dead.)
 TRANSPORT = (r"ConnectionError|ReadTimeout|ConnectTimeout|ChunkedEncodingError|ProtocolError|"
-             r"broke after|ended after|timed out|HTTP 502")  # 502: the proxy's while its upstream is dead
+             r"broke after|ended after|timed out|HTTP 502")
 Hit = tuple[str, str, str]  # (side, method, request class)
 SOURCE_READS: list[Hit] = [("source", "GET", MANIFEST), ("source", "GET", BLOB)]
 EVERY_CLASS: list[Hit] = [
