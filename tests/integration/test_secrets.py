@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import os
 import secrets
 import signal
@@ -178,6 +179,9 @@ def test_no_secret_anywhere(tmp_path, capsys, db, processes, source_registry,
 
     # 1. migrator sync, DEBUG logs of every logger, both reports
     fast = {"MIGRATOR_BACKOFF_INITIAL": "0.01", "MIGRATOR_RETRY_PASS_DELAY": "0"}
+    # An earlier in-process run without --debug left urllib3 at WARNING (setup_logging only
+    # ever raises it); a fresh `migrator --debug` process starts from NOTSET.
+    logging.getLogger("urllib3").setLevel(logging.NOTSET)
     code = run(["sync", *files("sync", "1", auth(pw_tls, pw_token)), "--debug", "--log",
                 str(tmp_path / "sync.log"), "--no-state"], fast)
     assert code == EXIT_OK, (tmp_path / "sync.log").read_text()[-3000:]
