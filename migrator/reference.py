@@ -30,6 +30,9 @@ HOST = re.compile(
 MAX_NAME_LENGTH = 255  # of the whole name, registry included, as in distribution's grammar
 MAX_PORT = 65535
 _SHOWN = 80  # characters of a bad part repeated in a message
+# Every character a name, tag or digest may hold ('*' and ',' for the rules' extensions).
+_NAME_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@[]*,")
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
@@ -119,10 +122,13 @@ def check_userinfo(text: str) -> str:
 def check_characters(text: str) -> str:
     """Refuse what no name may hold, before its parts are read: a character outside printable
     ASCII (a look-alike such as Cyrillic 'а' or fullwidth '／' passes the eye but names
-    another image) and white space."""
+    another image), white space, and punctuation no name holds (`\\`, `%`, `?`, `#`...)."""
     for position, char in enumerate(text, 1):
-        if char.isascii() and char.isprintable() and char != " ":
+        if char in _NAME_CHARACTERS:
             continue
+        if char.isascii() and char.isprintable() and char != " ":
+            raise ReferenceError(f"holds the character {char!r} at position {position}, which "
+                                 "no image name holds")
         if char in " \t":
             raise ReferenceError(f"contains white space at position {position}")
         code = f"U+{ord(char):04X}"
@@ -144,7 +150,10 @@ def check_registry(registry: str, *, what: str = "registry") -> str:
     if not registry or not HOST.fullmatch(registry):
         raise ReferenceError(
             f"invalid {what} {_shown(registry)}: expected a host name with optional port")
-    port = registry.rpartition("]")[2].partition(":")[2]
+    host, _, port = registry.rpartition("]")[2].partition(":")
+    if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+        raise ReferenceError(f"invalid {what} {_shown(registry)}: a host name has at most 253 "
+                             "characters, and 63 between dots")
     if port and not 0 < int(port) <= MAX_PORT:
         raise ReferenceError(f"invalid {what} {_shown(registry)}: port {port} is not "
                              f"between 1 and {MAX_PORT}")
