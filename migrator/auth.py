@@ -157,6 +157,7 @@ def _parse_entry(
     problems: list[str],
 ) -> RegistryAuth | None:
     fields: dict[str, object] = {}
+    refused: set[str] = set()  # secret fields already reported
     ok = True
     for name, item in value.items():
         if not isinstance(name, str):
@@ -170,11 +171,13 @@ def _parse_entry(
                 item = environ.get(variable)
                 if item is None:
                     problems.append(f"{where}: {name}: environment variable {variable} is not set")
+                    refused.add(name)
                     ok = False
                     continue
                 if not item:
                     # CI systems expand a missing secret to "": an empty variable is a mistake.
                     problems.append(f"{where}: {name}: environment variable {variable} is empty")
+                    refused.add(name)
                     ok = False
                     continue
             elif not item:
@@ -183,6 +186,7 @@ def _parse_entry(
             if problem is not None:
                 problems.append(f"{where}: {name}: {problem}" + (
                     f" (from environment variable {variable})" if match else ""))
+                refused.add(name)
                 ok = False
                 continue
         fields[name] = item
@@ -191,7 +195,8 @@ def _parse_entry(
     except ValidationError as exc:
         problems.extend(_field_problem(where, error) for error in exc.errors())
         return None
-    if auth.password is not None and not auth.username:
+    # A user name already refused above is no missing one: say it once.
+    if auth.password is not None and not auth.username and "username" not in refused:
         problems.append(f"{where}: password is set but username is not")
         ok = False
     if auth.ca_file is not None:

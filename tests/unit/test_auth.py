@@ -381,3 +381,69 @@ def test_top_level_must_be_mapping(tmp_path):
 
 def test_empty_yaml_is_anonymous(tmp_path):
     assert load(tmp_path, "", name="auth.yaml").entries == {}
+
+
+# --- hostile files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("password", "expected"),
+    [
+        (SECRET + "\n", "password: holds a control character (a line break, a tab, NUL...)"),
+        (SECRET + "\x00", "password: holds a control character"),
+        ("\ud800" + SECRET, "password: holds an unpaired surrogate escape"),
+    ],
+)
+def test_unusable_passwords_are_refused_without_showing_them(tmp_path, password, expected):
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({"quay.io": {"username": "u", "password": password}}))
+    with pytest.raises(ConfigError) as info:
+        load_auth("auth.json", environ={}, required=True)
+    (problem,) = info.value.problems
+    assert problem.startswith("auth.json: 'quay.io': ") and expected in problem
+    assert SECRET not in problem
+
+
+def test_a_password_from_the_environment_with_a_line_break(tmp_path):
+    (problem,) = problems(tmp_path, {"quay.io": {"username": "u", "password": "$PW"}},
+                          environ={"PW": SECRET + "\n"})
+    assert problem.endswith("remove it (from environment variable PW)")
+    assert SECRET not in problem
+
+
+def test_a_yaml_block_password_keeps_its_line_break_and_is_refused(tmp_path):
+    text = f"quay.io:\n  username: u\n  password: |\n    {SECRET}\n"
+    (problem,) = problems(tmp_path, text, name="auth.yaml")
+    assert "password: holds a control character" in problem and SECRET not in problem
+
+
+def test_a_user_name_with_a_colon_is_refused(tmp_path):
+    (problem,) = problems(tmp_path, {"quay.io": {"username": "a:b", "password": SECRET}})
+    assert "username: holds ':'" in problem
+
+
+@pytest.mark.parametrize("key", [f"robot:{SECRET}@quay.io", f"https://robot:{SECRET}@quay.io"])
+def test_credentials_in_a_key_are_masked(tmp_path, key):
+    (problem,) = problems(tmp_path, {key: {}})
+    assert "robot:***@quay.io" in problem and SECRET not in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [("quay.\u0456o", "U+0456"), ("quay.io:70000", "port 70000"), ("quay.io\r\nx", "'\\r'")],
+)
+def test_hostile_keys(tmp_path, key, expected):
+    (problem,) = problems(tmp_path, {key: {}})
+    assert "invalid key: " in problem and expected in problem
+
+
+def test_billion_laughs_auth_is_refused(tmp_path):
+    lines = [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "lol"] * 9) + "]"
+             for i in range(10)]
+    (problem,) = problems(tmp_path, "\n".join(lines) + "\n", name="auth.yaml")
+    assert problem.startswith("auth.yaml: invalid YAML: aliases (*name) would expand")
+
+
+def test_an_empty_user_name_with_a_password_is_still_refused(tmp_path):
+    (problem,) = problems(tmp_path, {"quay.io": {"username": "", "password": SECRET}})
+    assert problem.endswith("password is set but username is not")

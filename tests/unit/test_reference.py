@@ -191,3 +191,46 @@ class TestNormalize:
     def test_invalid(self, text):
         with pytest.raises(ReferenceError):
             normalize(text)
+
+
+class TestHostile:
+    """What hostile files put into references: each refused with a message that says why."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("quay.io/coreos/\u0430pp", "'\u0430' (U+0430 CYRILLIC SMALL LETTER A) at position 16"),
+            ("quay.io\uff0fcoreos/app", "U+FF0F FULLWIDTH SOLIDUS"),
+            ("quay.io/coreos/a\u200bpp", "U+200B ZERO WIDTH SPACE"),
+            ("quay.io/coreos/app\x00", "a control character '\\x00' (U+0000)"),
+            ("quay.io/coreos/%2e%2e/app", "the character '%' at position 16"),
+            ("quay.io/coreos\\app/x", "the character '\\\\'"),
+            ("quay.io/co reos/app", "contains white space at position 11"),
+            ("quay.io:65536/coreos/app", "port 65536 is not between 1 and 65535"),
+            ("quay.io:0/coreos/app", "port 0 is not between 1 and 65535"),
+            ("r" * 64 + ".io/coreos/app", "63 between dots"),
+            ("quay.io/coreos//app", "has an empty path component"),
+            ("registry.example.com/ns/" + "/".join(["a" * 60] * 4),
+             "name longer than 255 characters, registry included (267)"),
+        ],
+    )
+    def test_refused_with_the_reason(self, text, expected):
+        with pytest.raises(ReferenceError) as info:
+            parse(text)
+        assert expected in str(info.value)
+
+    @pytest.mark.parametrize("text", ["user:hunter2@quay.io/ns/repo",
+                                      "https://user:hunter2@quay.io/ns/repo"])
+    def test_credentials_in_a_reference_are_not_repeated(self, text):
+        with pytest.raises(ReferenceError) as info:
+            parse(text)
+        assert "hunter2" not in str(info.value)
+
+    def test_a_long_bad_part_is_cut_in_the_message(self):
+        with pytest.raises(ReferenceError) as info:
+            parse("quay.io/ns/" + "A" * 250)
+        assert len(str(info.value)) < 400 and "(253 characters)" in str(info.value)
+
+    def test_the_highest_port_and_an_ipv6_registry_are_fine(self):
+        assert parse("quay.io:65535/ns/repo").registry == "quay.io:65535"
+        assert parse("[::1]:5000/ns/repo").registry == "[::1]:5000"

@@ -1037,3 +1037,81 @@ def test_bad_platforms_are_problems_of_their_entry():
     assert len(lines) == 2
     assert "'a.io/ns/x:1': platforms: 'Linux' is not os/architecture" in lines[0]
     assert "'a.io/ns/y:1': platforms: must be a list" in lines[1]
+
+
+# --- hostile files ----------------------------------------------------------------------------
+
+
+def test_billion_laughs_is_refused_at_once(tmp_path):
+    lines = [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "lol"] * 9) + "]"
+             for i in range(10)]
+    path = tmp_path / "images.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    (problem,) = load_problems(str(path))
+    assert problem == (f"{path}: invalid YAML: aliases (*name) would expand the document by "
+                       "more than 1000000 values; write the values out instead")
+
+
+def test_an_alias_to_its_own_container_is_refused(tmp_path):
+    path = tmp_path / "images.yaml"
+    path.write_text("a.io/ns/x:1: &loop [*loop]\n")
+    (problem,) = load_problems(str(path))
+    assert problem.startswith(f"{path}: line 1: invalid YAML: an alias names a node that")
+
+
+def test_a_few_aliases_are_fine(tmp_path):
+    path = tmp_path / "images.yaml"
+    path.write_text("base: &t b.io/ns/x\na.io/ns/x:1: *t\na.io/ns/x:2: [*t]\n")
+    problems = load_problems(str(path))
+    assert len(problems) == 1 and "'base'" in problems[0]  # only the anchor's own entry
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("images.json", "", "the file is empty: write {} for a file without entries"),
+        ("images.json", '{"a.io/ns/x": {"target": "b.io/ns/x", "newest": NaN}}',
+         "invalid JSON: NaN is not a JSON value"),
+        ("images.json", '{"a.io/ns/x": {"newest": ' + "9" * 5000 + "}}",
+         "invalid JSON: Exceeds the limit (4300 digits) for integer string conversion: "
+         "value has 5000 digits"),
+        ("images.yaml", "a.io/ns/x:1: 2024-13-45\n",
+         "invalid YAML: cannot read a value: month must be in 1..12"),
+        ("images.yaml", "a.io/ns/x:1: b\x00\n",
+         "line 1: invalid YAML: the control character U+0000 is not allowed"),
+    ],
+)
+def test_unreadable_values_are_one_line_naming_the_file(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    assert load_problems(str(path)) == [f"{path}: {expected}"]
+
+
+def test_utf16_is_named(tmp_path):
+    path = tmp_path / "images.json"
+    path.write_bytes('{"a.io/ns/x:1": ""}'.encode("utf-16"))
+    assert load_problems(str(path)) == [f"{path}: the file is UTF-16 text: save it as UTF-8"]
+
+
+def test_a_semver_range_with_a_huge_number_is_a_problem_not_a_crash():
+    (problem,) = problems_of({"a.io/ns/x": {"target": "b.io/ns/x", "semver": "^1." + "9" * 5000}})
+    assert problem.startswith("images.json: 'a.io/ns/x': semver: ")
+    assert "is not a version" in problem
+
+
+def test_credentials_in_a_source_are_masked_in_the_entry():
+    (problem,) = problems_of({"robot:hunter2@a.io/ns/x:1": "b.io/ns/x"})
+    assert problem.startswith("images.json: 'robot:***@a.io/ns/x:1': '@' in the registry")
+    assert "hunter2" not in problem
+
+
+def test_a_look_alike_slash_is_named_not_taken_for_a_namespace():
+    (problem,) = problems_of({"a.io\uff0fns/x:1": "b.io/ns/x"})
+    assert "U+FF0F FULLWIDTH SOLIDUS" in problem and "namespace" not in problem
+
+
+def test_long_keys_are_cut_in_messages():
+    data = {f"a.io/ns/{i}{'x' * 5000}": "b.io/ns/x" for i in range(50)}
+    problems = problems_of(data)
+    assert len(problems) == 50
+    assert all(len(problem) < 400 and "characters)" in problem for problem in problems)
