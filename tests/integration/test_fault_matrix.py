@@ -135,8 +135,9 @@ class Tally:
 TALLY: dict[str, Tally] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def report() -> Iterator[None]:
+    """The tally so far, rewritten after every test: a long matrix cut short keeps its figures."""
     yield
     if REPORT:
         Path(REPORT).write_text(json.dumps(
