@@ -32,9 +32,9 @@ from migrator.reference import (
 )
 from migrator.rules import OPTION_KEYS, load_rules, parse_rules
 
-FAST = settings(max_examples=150, derandomize=True, database=None, deadline=None,
+FAST = settings(max_examples=100, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
-QUICK = settings(FAST, max_examples=60)
+QUICK = settings(FAST, max_examples=50)
 
 # --- references ------------------------------------------------------------------------------
 
