@@ -186,6 +186,17 @@ def write(directory: Path, name: str, content: bytes) -> Path:
     return path
 
 
+def has_surrogate(data: object) -> bool:
+    """Whether a structure holds an unpaired surrogate, which JSON escapes and YAML cannot."""
+    if isinstance(data, str):
+        return any("\ud800" <= char <= "\udfff" for char in data)
+    if isinstance(data, dict):
+        return any(has_surrogate(key) or has_surrogate(value) for key, value in data.items())
+    if isinstance(data, list):
+        return any(has_surrogate(item) for item in data)
+    return False
+
+
 def dump(data: object, extension: str) -> bytes:
     if extension == ".json":
         return json.dumps(data).encode()
@@ -195,6 +206,8 @@ def dump(data: object, extension: str) -> bytes:
 @QUICK
 @given(IMAGES, st.sampled_from([".json", ".yaml"]))
 def test_images_file_gives_rules_or_located_problems(workdir, data, extension):
+    if extension == ".yaml":  # YAML has no unpaired surrogates: such a dump is not YAML
+        assume(not has_surrogate(data))
     path = write(workdir, "images" + extension, dump(data, extension))
     try:
         load_rules(path, default_registry="r.example.com", default_namespace="mirror")
@@ -270,7 +283,7 @@ ENVIRON = {"USER": "robot", "PASSWORD": "Pw!fromenv123"}
 def test_auth_file_gives_entries_or_located_problems_without_passwords(workdir, data, extension):
     content = json.dumps(data) if extension == ".json" else yaml.safe_dump(data)
     if extension == ".yaml":  # YAML has no unpaired surrogates: such a dump is not YAML
-        assume("\\ud800" not in json.dumps(data))
+        assume(not has_surrogate(data))
     path = write(workdir, "auth" + extension, content.encode("utf-8", "surrogatepass"))
     try:
         auth = load_auth(path, environ=ENVIRON, required=True)
