@@ -224,7 +224,11 @@ def test_workers_killed_twenty_times_mid_run(chaos: ChaosFleet, source_registry,
         spawner.join(timeout=60)
     assert len(kills) >= KILLS
     code, out, err = chaos.wait(run_id)
-    assert code == EXIT_OK, err + out
+    # On failure: which images never ended, and what the live workers last said.
+    unfinished = sorted(job.decode() for job in chaos.redis.sdiff(
+        f"migrator:run:{run_id}:jobs", f"migrator:run:{run_id}:ok"))
+    assert code == EXIT_OK, (err + out[-300:] + f"\nunfinished: {unfinished}\n"
+                             + "".join(chaos.log(name)[-1500:] for name in chaos.ready))
     assert out.splitlines()[-1] == (
         f"Images({len(pushed)}) migration finished, 0 images tasks failed, "
         "0 tasks generate failed")

@@ -66,6 +66,9 @@ ENVIRON = {
 # (HTTP 502 is the proxy's answer while its upstream is dead.)
 TRANSPORT = (r"ConnectionError|ReadTimeout|ConnectTimeout|ChunkedEncodingError|ProtocolError|"
              r"broke after|ended after|timed out|HTTP 502")
+# A timeout is a true reason under any fault: on a loaded machine a registry may be slower
+# than the matrix's short read timeout without any fault at all.
+SLOW = r"ReadTimeout|ConnectTimeout|timed out"
 Hit = tuple[str, str, str]  # (side, method, request class)
 SOURCE_READS: list[Hit] = [("source", "GET", MANIFEST), ("source", "GET", BLOB)]
 EVERY_CLASS: list[Hit] = [
@@ -204,7 +207,7 @@ def judge(tally: Tally, target: RunningRegistry, prefix: str, pushed: dict, fail
         elif said is None:
             tally.lost += 1
             tally.problems.append(f"{where}: reported copied but absent")
-        elif re.search(reason, said):
+        elif re.search(reason, said) or re.search(SLOW, said):
             tally.failed_right += 1
         else:
             tally.failed_wrong_reason += 1
