@@ -14,8 +14,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from migrator.documents import (
     SCHEME,
@@ -53,6 +54,23 @@ class RegistryAuth(BaseModel):
     insecure: bool = False
     tls_verify: bool | None = None  # explicit override of certificate verification
     ca_file: str | None = None  # CA bundle to verify this registry's certificate
+    # Politeness, enforced across the whole fleet (migrator/throttle.py).
+    requests_per_second: float | None = Field(None, gt=0)
+    concurrent_requests: int | None = Field(None, gt=0)
+    # HTTP(S) proxy for this registry; without it, the standard *_PROXY variables apply.
+    # Secret: a proxy URL may carry a user and password.
+    proxy: SecretStr | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_is_a_proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname \
+                or parts.path not in ("", "/") or parts.query:
+            raise ValueError("must be a proxy URL such as http://proxy.example:3128")
+        return value
 
     @property
     def allow_plain_http(self) -> bool:
@@ -280,8 +298,8 @@ def seal(auth: AuthFile, key: str) -> str:
     from cryptography.fernet import Fernet
 
     plain = {
-        name: {**entry.model_dump(exclude={"password"}, exclude_none=True),
-               **({"password": entry.password.get_secret_value()} if entry.password else {})}
+        name: {field: value.get_secret_value() if isinstance(value, SecretStr) else value
+               for field, value in entry.model_dump(exclude_none=True).items()}
         for name, entry in auth.entries.items()
     }
     return Fernet(key.encode()).encrypt(json.dumps(plain).encode()).decode()
@@ -301,5 +319,14 @@ def unseal(sealed: str, key: str, *, path: str = "<sealed>") -> AuthFile:
 
 
 def merge(base: AuthFile, override: AuthFile) -> AuthFile:
-    """`override`'s entries win over `base`'s (a run's credentials over a worker's own file)."""
-    return AuthFile(override.path or base.path, {**base.entries, **override.entries})
+    """`override`'s entries win over `base`'s (a run's credentials over a worker's own file).
+
+    An override entry without credentials (a run handed over without its secrets: only
+    `insecure`, limits...) keeps the base's credentials under its own settings."""
+    entries = dict(base.entries)
+    for name, entry in override.entries.items():
+        own = base.entries.get(name)
+        if own is not None and entry.anonymous:
+            entry = own.model_copy(update=entry.model_dump(exclude_defaults=True))
+        entries[name] = entry
+    return AuthFile(override.path or base.path, entries)

@@ -415,13 +415,22 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def watch_run(store: RunStore, run_id: str, args: argparse.Namespace) -> int:
     from migrator.fleet import watch
     from migrator.progress import ConsoleReporter
+    from migrator.throttle import RedisThrottle
 
     reporter = ConsoleReporter(sys.stdout)
     reporter.phase("Start to handle images tasks, please wait ...")
 
+    throttle = RedisThrottle(store.redis, prefix=store.prefix)
+    announced: dict[str, float] = {}
+
     def show(state: RunState) -> None:
         reporter.set_counts(total=state.total, done=state.done, failed=len(state.failed),
                             copied_bytes=state.bytes)
+        for registry, pause in sorted(throttle.pauses().items()):
+            if announced.get(registry) != pause.until:  # each pause said once
+                announced[registry] = pause.until
+                reporter.phase(f"{registry}: the fleet pauses its requests for "
+                               f"{pause.remaining:.0f} s ({pause.reason})")
 
     try:
         state = watch(store, run_id, on_state=show, timeout=args.timeout)

@@ -46,6 +46,7 @@ from migrator.registry.manifest import (
 from migrator.registry.stream import VerifyingReader
 from migrator.rules import Job
 from migrator.settings import Settings
+from migrator.throttle import LocalThrottle, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ class ClientPool:
     """One `RegistryClient` per registry and credential, for the whole process: every copy
     shares its connections, its `/v2/` ping and its tokens."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, throttle: Throttle | None = None) -> None:
         self.settings = settings
+        self.throttle = throttle or LocalThrottle()  # the fleet's lives in Redis
         self._clients: dict[tuple[str, RegistryAuth], RegistryClient] = {}
         self._lock = threading.Lock()
 
@@ -106,7 +108,8 @@ class ClientPool:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = self._clients[key] = RegistryClient(registry, credentials, self.settings)
+                client = self._clients[key] = RegistryClient(registry, credentials,
+                                                             self.settings, self.throttle)
             return client
 
 

@@ -74,13 +74,17 @@ def job_from_args(source: str, target: str, rule: str = "") -> Job:
     return Job(parse(source), parse(target), rule)
 
 
+PLAIN_FIELDS = {"insecure", "tls_verify", "requests_per_second", "concurrent_requests"}
+
+
 def auth_for_transport(auth: AuthFile, settings: Settings) -> tuple[str, str | None]:
     """What rests in Redis for the run's workers, and a warning for the user if any."""
     if not auth.entries:
         return "", None
     if settings.secret_key is not None:
         return SEALED + seal(auth, settings.secret_key.get_secret_value()), None
-    plain = {name: entry.model_dump(include={"insecure", "tls_verify"}, exclude_defaults=True)
+    # Settings, never secrets: a proxy URL may carry a password, so it stays here too.
+    plain = {name: entry.model_dump(include=PLAIN_FIELDS, exclude_defaults=True)
              for name, entry in auth.entries.items()}
     warning = None
     if any(not entry.anonymous for entry in auth.entries.values()):

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     backoff_initial: float = Field(0.5, ge=0, description="first backoff in seconds")
     backoff_max: float = Field(30.0, ge=0, description="longest backoff between two tries")
     retry_after_max: float = Field(120.0, ge=0, description="cap on a server's Retry-After")
+    quota_reserve: int = Field(
+        5, ge=0, description="requests of a registry's announced quota (RateLimit-Remaining) "
+        "left unused: with this few left, the fleet pauses that registry")
+    quota_pause_max: float = Field(
+        3600.0, ge=0, description="longest pause for a quota about to run out")
     pool_connections: int = Field(32, ge=1, description="keep-alive connections per registry")
     ca_bundle: str | None = Field(None, description="CA bundle used for every TLS registry")
 

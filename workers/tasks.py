@@ -34,6 +34,7 @@ from migrator.rules import Job, Rule, load_rules, resolve_defaults
 from migrator.runner import catalog_rules, describe
 from migrator.runs import RunStore
 from migrator.settings import Settings, load_settings
+from migrator.throttle import RedisThrottle
 from workers import health
 from workers.app import app
 from workers.schedule import START_TASK, Schedule
@@ -58,7 +59,9 @@ class WorkerContext:
                                   lock_ttl=settings.lock_ttl, lock_wait=settings.lock_wait,
                                   upload_ttl=settings.upload_session_ttl)
         self.runs = RunStore(self.redis, prefix=settings.redis_prefix, ttl=settings.run_ttl)
-        self.pool = ClientPool(settings)
+        # Limits and pauses per registry are the fleet's, not this process's.
+        self.pool = ClientPool(settings,
+                               RedisThrottle(self.redis, prefix=settings.redis_prefix))
         self.blob_pool = ThreadPoolExecutor(settings.blob_parallelism * 8,
                                             thread_name_prefix="blob")
         self.own_auth = (load_auth(settings.auth_file, environ=os.environ, required=True)

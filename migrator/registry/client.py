@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +47,13 @@ from migrator.registry.manifest import (
 )
 from migrator.registry.stream import preload, read_capped
 from migrator.settings import Settings
+from migrator.throttle import (
+    Limits,
+    LocalThrottle,
+    Throttle,
+    backoff_delay,
+    parse_rate_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +142,31 @@ class _Adapter(HTTPAdapter):
 class RegistryClient:
     """Speaks the v2 API to one registry with one set of credentials. Thread safe."""
 
-    def __init__(self, registry: str, credentials: RegistryAuth, settings: Settings) -> None:
+    def __init__(self, registry: str, credentials: RegistryAuth, settings: Settings,
+                 throttle: Throttle | None = None) -> None:
         self.registry = registry
         self.api_host = API_HOSTS.get(registry, registry)
         self.credentials = credentials
         self.settings = settings
+        self.throttle: Throttle = throttle or LocalThrottle()
+        self.limits = Limits(credentials.requests_per_second, credentials.concurrent_requests)
+        self._backing_off = False
         self.session = GuardedSession(allow_plain_http=credentials.allow_plain_http)
         self.session.headers["User-Agent"] = USER_AGENT
+        # The environment (proxies, CA bundle) is read once here: requests would read it
+        # again on every request, a measurable share of a small request's CPU.
+        self.session.trust_env = False
+        proxy = credentials.proxy.get_secret_value() if credentials.proxy else None
+        self.session.proxies = ({"http": proxy, "https": proxy} if proxy else
+                                requests.utils.get_environ_proxies(f"https://{self.api_host}/"))
         adapter = _Adapter(settings.chunk_size, pool_connections=1,
                            pool_maxsize=settings.pool_connections, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         verify = credentials.verify
-        if verify is True and settings.ca_bundle:
-            verify = settings.ca_bundle
+        if verify is True:
+            verify = (settings.ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE")
+                      or os.environ.get("CURL_CA_BUNDLE") or True)
         self.verify = verify
         self.timeout = (settings.connect_timeout, settings.read_timeout)
         self.auth = Authenticator(registry, credentials, self.session, verify=verify,
@@ -222,10 +241,12 @@ class RegistryClient:
             try:
                 # Always streamed: no answer is read whole unless asked; `preload` below reads
                 # the others capped (an evil registry's 100 MiB tag list or error body).
-                response = self.session.request(
-                    method, url, headers=request_headers, data=data, stream=True,
-                    timeout=self.timeout, verify=self.verify, allow_redirects=allow_redirects,
-                )
+                with self.throttle.request(self.registry, self.limits):
+                    response = self.session.request(
+                        method, url, headers=request_headers, data=data, stream=True,
+                        timeout=self.timeout, verify=self.verify,
+                        allow_redirects=allow_redirects,
+                    )
             except requests.exceptions.SSLError as exc:
                 raise RegistryError(
                     f"{self.registry}: TLS failed ({_short(exc)}); give the registry's CA in "
@@ -242,6 +263,7 @@ class RegistryClient:
                 # such errors may carry a signed URL, so only its type is shown.
                 raise RegistryError(f"{self.registry}: {type(exc).__name__} (redirect loop or "
                                     "unusable URL)", method=method, url=redact(url)) from None
+            self._observe(response)
             if (response.status_code == 401 and learn_on_401 and not authenticated_again
                     and replayable and self.auth.learn(response, scopes)):
                 authenticated_again = True
@@ -257,6 +279,39 @@ class RegistryClient:
             preload(response, 64 << 10, self.timeout[1], f"{self.registry}: error answer",
                     truncate=True)
             raise self._error(method, url, response, scopes)
+
+    def _observe(self, response: requests.Response) -> None:
+        """What an answer says about the registry's patience, acted on for the whole fleet:
+        a 429 pauses every request to it (for its Retry-After, else for an exponential backoff
+        with jitter), and a pull quota about to run out (Docker Hub's `RateLimit-Remaining`)
+        pauses it before the registry has to refuse."""
+        if response.status_code == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is None:
+                self._backing_off = True
+                retry_after = backoff_delay(self.throttle.backoff(self.registry),
+                                            self.settings.backoff_initial,
+                                            self.settings.backoff_max)
+                reason = "HTTP 429 without Retry-After: backing off"
+            else:
+                reason = "HTTP 429 Retry-After"
+            self.throttle.pause(self.registry, min(retry_after, self.settings.retry_after_max),
+                                reason)
+            return
+        if self._backing_off:
+            self._backing_off = False
+            self.throttle.reset_backoff(self.registry)
+        remaining = parse_rate_limit(response.headers.get("RateLimit-Remaining"))
+        if remaining is None or remaining[0] > self.settings.quota_reserve:
+            return
+        limit = parse_rate_limit(response.headers.get("RateLimit-Limit"))
+        window = remaining[1] or (limit[1] if limit else None) or 3600.0
+        per_request = window / max(1, limit[0] if limit else 100)
+        wait = per_request * (self.settings.quota_reserve - remaining[0] + 1)
+        self.throttle.pause(
+            self.registry, min(wait, self.settings.quota_pause_max),
+            f"quota: {remaining[0]} of {limit[0] if limit else '?'} requests left per "
+            f"{window:.0f} s")
 
     def _own_host(self, url: str) -> bool:
         return urlsplit(url).netloc == self.api_host
@@ -282,7 +337,9 @@ class RegistryClient:
         if status in RETRYABLE_STATUSES:
             return RetryableStatus(
                 f"{self.registry}: transient failure",
-                retry_after=parse_retry_after(response.headers.get("Retry-After")), **where)
+                # After a 429 the throttle's pause is the wait: the next try blocks there.
+                retry_after=0.0 if status == 429 else
+                parse_retry_after(response.headers.get("Retry-After")), **where)
         if status == 401:
             who = (f"user {self.credentials.username!r}" if self.credentials.username
                    else "anonymous access")

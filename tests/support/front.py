@@ -19,6 +19,13 @@ LOSE = "lose"
 Answer = Callable[[str, str], tuple[int, dict[str, str], bytes] | str | None]
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections a busy client opens at once, and each drop
+    # costs a 1 s SYN retransmit: requests would arrive a second late.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class Front:
     """Forwards to `upstream_url`; a request for an absolute URL (`GET http://host/...`, how
     clients talk to an HTTP proxy) goes to that URL instead, which makes the front a forward
@@ -50,9 +57,11 @@ class Front:
                     absolute = self.path.startswith(("http://", "https://"))
                     headers = {k: v for k, v in self.headers.items()
                                if k.lower() not in ("host", "proxy-connection")}
-                    upstream = requests.request(
-                        self.command, self.path if absolute else upstream_url + self.path,
-                        data=body, headers=headers, timeout=30, allow_redirects=False)
+                    with requests.Session() as session:
+                        session.trust_env = False  # the front itself may be *_PROXY
+                        upstream = session.request(
+                            self.command, self.path if absolute else upstream_url + self.path,
+                            data=body, headers=headers, timeout=30, allow_redirects=False)
                     forwarded = {k: v for k, v in upstream.headers.items() if k.lower() not in
                                  ("content-length", "transfer-encoding", "connection")}
                     location = forwarded.get("Location", "")
@@ -77,7 +86,7 @@ class Front:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"

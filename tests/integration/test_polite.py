@@ -1,0 +1,294 @@
+"""A polite fleet: request-rate limits and 429 pauses shared by every worker through Redis,
+quota headers read before the quota runs out, proxies per registry, one `/v2/` ping per
+registry and process.
+
+The registry's patience is played by a front before a real registry that counts what reaches
+it: it answers 429 above R requests in any second, or hands out quota headers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from migrator.cli import EXIT_OK, main
+from migrator.throttle import Limits as ThrottleLimits
+from migrator.throttle import LocalThrottle, RedisThrottle, parse_rate_limit
+from tests.integration.test_fleet import Fleet
+from tests.support.front import Front
+from tests.support.images import get_manifest, make_layer, push_image
+
+POLITE_DB = 6
+MANIFESTS = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"])
+REDIS_URL = f"redis://127.0.0.1:6379/{POLITE_DB}"
+
+
+@pytest.fixture
+def store() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+class Impatient:
+    """An answer hook: 429 for a request that would make more than `limit` in the last
+    second (all of them, when `limit` is 0), or for the requests `refuse_at` names."""
+
+    def __init__(self, limit: int, retry_after: str | None = None,
+                 refuse_at: tuple[int, ...] = ()) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self.refuse_at = refuse_at
+        self.arrivals: list[float] = []  # every request, answered or refused
+        self.refused: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, method: str, path: str) -> tuple[int, dict[str, str], bytes] | None:
+        with self._lock:
+            now = time.monotonic()
+            self.arrivals.append(now)
+            recent = sum(1 for t in self.arrivals[:-1] if now - t < 1.0)
+            if (self.limit and recent >= self.limit) or len(self.arrivals) in self.refuse_at:
+                self.refused.append(now)
+                headers = {"Content-Type": "application/json"}
+                if self.retry_after is not None:
+                    headers["Retry-After"] = self.retry_after
+                return 429, headers, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow"}]}'
+        return None
+
+    def busiest_second(self) -> int:
+        return max(sum(1 for t in self.arrivals if start <= t < start + 1.0)
+                   for start in self.arrivals)
+
+
+def seed(source, repositories: int = 3, tags: int = 4) -> dict[tuple[str, str], str]:
+    base = make_layer(64 * 1024, 1)
+    pushed = {}
+    for r in range(repositories):
+        for t in range(tags):
+            image = push_image(source, f"ns/app{r}", f"v{t}",
+                               layers=[base, make_layer(16 * 1024, 10 + r * tags + t)])
+            pushed[(f"ns/app{r}", f"v{t}")] = image.digest
+    return pushed
+
+
+def test_a_fleet_of_two_stays_under_the_registry_rate(tmp_path: Path, capsys, store,
+                                                      source_registry, target_registry) -> None:
+    pushed = seed(source_registry)
+    impatient = Impatient(limit=25)
+    front = Front(target_registry.url, impatient)
+    fleet = Fleet(tmp_path, capsys, redis_url=REDIS_URL)
+    try:
+        fleet.write({f"{source_registry.host}/ns/app{r}": f"{front.host}/copy/app{r}"
+                     for r in range(3)},
+                    {source_registry.host: {"insecure": True},
+                     front.host: {"insecure": True, "requests_per_second": 20}})
+        fleet.start_worker("w1")
+        fleet.start_worker("w2")
+        code, out, _ = fleet.enqueue("--wait", "--timeout", "120")
+        assert code == EXIT_OK, out + fleet.log("w1") + fleet.log("w2")
+    finally:
+        fleet.stop_all()
+        front.close()
+    assert impatient.refused == []  # never above 25 in a second: no 429 at all
+    assert impatient.busiest_second() <= 22
+    assert len(impatient.arrivals) > 60  # enough requests for the limit to matter
+    for (repository, tag), digest in pushed.items():
+        assert get_manifest(target_registry, repository.replace("ns/", "copy/"), tag)[2] == digest
+    both = [name for name in ("w1", "w2") if "succeeded" in fleet.log(name)]
+    assert both == ["w1", "w2"]
+
+
+@pytest.mark.parametrize("retry_after", ["2", None])
+def test_a_429_pauses_the_whole_fleet(tmp_path: Path, capsys, store, source_registry,
+                                      target_registry, retry_after: str | None) -> None:
+    pushed = seed(source_registry)
+    impatient = Impatient(limit=0, retry_after=retry_after, refuse_at=(40,))
+    front = Front(target_registry.url, impatient)
+    fleet = Fleet(tmp_path, capsys, redis_url=REDIS_URL)
+    environ = {"MIGRATOR_BACKOFF_INITIAL": "1.5", "MIGRATOR_BACKOFF_MAX": "1.5"}
+    try:
+        fleet.write({f"{source_registry.host}/ns/app{r}": f"{front.host}/copy/app{r}"
+                     for r in range(3)},
+                    {source_registry.host: {"insecure": True}, front.host: {"insecure": True}})
+        fleet.start_worker("w1", extra_env=environ)
+        fleet.start_worker("w2", extra_env=environ)
+        code, out, _ = fleet.enqueue("--wait", "--timeout", "120")
+        assert code == EXIT_OK, out + fleet.log("w1") + fleet.log("w2")
+    finally:
+        fleet.stop_all()
+        front.close()
+    assert len(impatient.refused) == 1
+    refused = impatient.refused[0]
+    # Requests already on their way may land just after the 429; then nothing, from either
+    # worker, until the pause ends: 2 s (Retry-After), or 0.75–1.5 s (backoff with jitter).
+    quiet = 2.0 if retry_after else 0.75
+    during = [t - refused for t in impatient.arrivals if refused + 0.3 < t < refused + quiet - 0.05]
+    assert during == []
+    assert any(t > refused + quiet - 0.05 for t in impatient.arrivals)
+    for (repository, tag), digest in pushed.items():
+        assert get_manifest(target_registry, repository.replace("ns/", "copy/"), tag)[2] == digest
+
+
+def test_quota_headers_pause_before_the_quota_runs_out(tmp_path: Path, source_registry,
+                                                       target_registry) -> None:
+    """Docker Hub announces its pull quota on manifest answers; with 5 left (the reserve),
+    `migrator sync` waits for the window to give some back instead of running into 429s."""
+    push_image(source_registry, "ns/app", "v1", layers=[make_layer(16 * 1024, 1)])
+    push_image(source_registry, "ns/app", "v2", layers=[make_layer(16 * 1024, 2)])
+    seen: list[tuple[float, str, str]] = []
+    remaining = [6]
+
+    def quota(method: str, path: str):
+        import requests
+
+        seen.append((time.monotonic(), method, path))
+        upstream = requests.request(method, source_registry.url + path, timeout=10,
+                                    allow_redirects=False, headers={"Accept": MANIFESTS})
+        headers = {k: v for k, v in upstream.headers.items()
+                   if k.lower() not in ("content-length", "transfer-encoding", "connection")}
+        if "/manifests/" in path:
+            remaining[0] -= 1
+            headers["RateLimit-Limit"] = "100;w=40"
+            headers["RateLimit-Remaining"] = f"{remaining[0]};w=40"
+        return upstream.status_code, headers, upstream.content
+
+    front = Front(source_registry.url, quota)
+    try:
+        (tmp_path / "images.json").write_text(json.dumps(
+            {f"{front.host}/ns/app:v1,v2": f"{target_registry.host}/copy/app"}))
+        (tmp_path / "auth.json").write_text(json.dumps(
+            {front.host: {"insecure": True}, target_registry.host: {"insecure": True}}))
+        log = tmp_path / "sync.log"
+        code = main(["sync", "--images", str(tmp_path / "images.json"), "--auth",
+                     str(tmp_path / "auth.json"), "--no-state", "--log", str(log),
+                     "-w", "1"], {})
+    finally:
+        front.close()
+    assert code == EXIT_OK
+    text = log.read_text()
+    # 5 left of 100 per 40 s: 0.4 s a request, one more than the reserve → 0.4 s pause
+    assert "pausing requests for 0.4 s (quota: 5 of 100 requests left per 40 s)" in text
+    first = next(i for i, (_, _, path) in enumerate(seen) if "/manifests/" in path)
+    assert seen[first + 1][0] - seen[first][0] >= 0.35  # the next request waited the pause
+
+
+def test_proxy_per_registry_and_from_the_environment(tmp_path: Path, monkeypatch,
+                                                     source_registry, target_registry) -> None:
+    push_image(source_registry, "ns/app", "v1", layers=[make_layer(16 * 1024, 1)])
+    proxy = Front("http://unused.invalid", lambda method, path: None)
+    try:
+        (tmp_path / "images.json").write_text(json.dumps(
+            {f"{source_registry.host}/ns/app:v1": f"{target_registry.host}/copy/app"}))
+        (tmp_path / "auth.json").write_text(json.dumps(
+            {source_registry.host: {"insecure": True, "proxy": proxy.url},
+             target_registry.host: {"insecure": True}}))
+        argv = ["sync", "--images", str(tmp_path / "images.json"), "--auth",
+                str(tmp_path / "auth.json"), "--no-state"]
+        monkeypatch.delenv("HTTP_PROXY", raising=False)
+        monkeypatch.delenv("http_proxy", raising=False)
+        assert main(argv, {}) == EXIT_OK
+        via_entry = list(proxy.seen)
+        assert via_entry and all(url.startswith(f"http://{source_registry.host}/")
+                                 for _, url in via_entry)
+
+        # The standard variables, with NO_PROXY keeping the target (named localhost) direct.
+        target = "localhost:" + target_registry.host.rsplit(":", 1)[1]
+        push_image(source_registry, "ns/app", "v2", layers=[make_layer(16 * 1024, 2)])
+        (tmp_path / "images.json").write_text(json.dumps(
+            {f"{source_registry.host}/ns/app:v2": f"{target}/copy/app"}))
+        (tmp_path / "auth.json").write_text(json.dumps(
+            {source_registry.host: {"insecure": True}, target: {"insecure": True}}))
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "localhost")
+        assert main(argv, {}) == EXIT_OK
+    finally:
+        proxy.close()
+    via_env = proxy.seen[len(via_entry):]
+    assert any("/ns/app/manifests/v2" in url for _, url in via_env)
+    assert not any(target in url or target_registry.host in url for _, url in proxy.seen)
+    assert get_manifest(target_registry, "copy/app", "v2")
+
+
+def test_one_ping_per_registry_per_worker_process(tmp_path: Path, capsys, store,
+                                                  source_registry, target_registry) -> None:
+    seed(source_registry, repositories=2, tags=3)
+    fleet = Fleet(tmp_path, capsys, redis_url=REDIS_URL)
+    try:
+        fleet.write({f"{source_registry.host}/ns/app{r}": f"{target_registry.host}/copy/app{r}"
+                     for r in range(2)},
+                    {source_registry.host: {"insecure": True},
+                     target_registry.host: {"insecure": True}})
+        fleet.start_worker("w1")
+        for _ in range(2):  # two runs, 12 image tasks, one worker process
+            code, out, _ = fleet.enqueue("--wait", "--timeout", "60")
+            assert code == EXIT_OK, out + fleet.log("w1")
+    finally:
+        fleet.stop_all()
+    for registry in (source_registry, target_registry):
+        assert [r for r in registry.requests() if r[1] == "/v2/"] == [("GET", "/v2/", 200)]
+
+
+def test_token_bucket_is_shared_between_processes(store) -> None:
+    """Two throttles (as in two workers) on one bucket of 20 requests per second."""
+    throttles = [RedisThrottle(redis.Redis.from_url(REDIS_URL)) for _ in range(2)]
+    limits = ThrottleLimits(requests_per_second=20)
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def go(throttle: RedisThrottle) -> None:
+        for _ in range(20):
+            with throttle.request("registry.example", limits), lock:
+                times.append(time.monotonic())
+
+    threads = [threading.Thread(target=go, args=(t,)) for t in throttles for _ in range(2)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(times) == 80
+    assert time.monotonic() - start >= 80 / 20 - 0.5  # 4 s at 20 a second, less the burst
+
+
+def test_concurrency_slots_are_shared(store) -> None:
+    throttles = [RedisThrottle(redis.Redis.from_url(REDIS_URL)), LocalThrottle()]
+    for throttle in throttles:
+        limits = ThrottleLimits(concurrent_requests=2)
+        inside, peak = [0], [0]
+        lock = threading.Lock()
+
+        def go(throttle=throttle, limits=limits, inside=inside, peak=peak, lock=lock) -> None:
+            with throttle.request("registry.example", limits):
+                with lock:
+                    inside[0] += 1
+                    peak[0] = max(peak[0], inside[0])
+                time.sleep(0.05)
+                with lock:
+                    inside[0] -= 1
+
+        threads = [threading.Thread(target=go) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert peak[0] == 2
+    assert store.zcard("migrator:slots:registry.example") == 0
+
+
+def test_rate_limit_header_grammar() -> None:
+    assert parse_rate_limit("76;w=21600") == (76, 21600.0)
+    assert parse_rate_limit("100") == (100, None)
+    assert parse_rate_limit("x;w=1") is None
+    assert parse_rate_limit(None) is None
