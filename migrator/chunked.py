@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
@@ -29,6 +30,7 @@ from migrator.errors import DigestMismatch, MigratorError, RegistryError, Transp
 from migrator.ledger import Ledger, UploadSession
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import Descriptor
+from migrator.registry.stream import Pace
 from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class ResumableBlobReader:
                     f"{self.client.registry}: blob {self.blob.digest}: asked for bytes from "
                     f"{self.position}, got {start or 'no Content-Range'}")
         self._response = response
+        self._pace = Pace(self.settings.read_timeout, f"source stream of {self.blob.digest}")
 
     def _read_some(self, amount: int) -> bytes:
         """Up to `amount` bytes at the current position, reopening a broken stream."""
@@ -112,8 +115,11 @@ class ResumableBlobReader:
                 self._open()
             assert self._response is not None
             try:
-                data = self._response.raw.read(amount, decode_content=False)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                # read1: one receive at a time, so that a server dripping bytes is seen by
+                # the pace check instead of holding a read open for ever.
+                data = self._response.raw.read1(amount, decode_content=False)
+                self._pace.add(len(data))
+            except (urllib3.exceptions.HTTPError, OSError, TransportError) as exc:
                 data, error = b"", f"{type(exc).__name__}"
             else:
                 error = "ended early"
@@ -198,6 +204,12 @@ def _resume_point(dst: RegistryClient, dst_repo: str, digest: str, ledger: Ledge
                   fresh_url: str | None) -> UploadSession:
     """The recorded session where the registry still knows it, else a fresh one."""
     recorded = ledger.upload_session(dst.registry, dst_repo, digest)
+    if recorded is not None and urlsplit(recorded.url).netloc != dst.api_host:
+        # Only the registry's own sessions are resumed: a session URL elsewhere (a ledger
+        # written by someone else) would receive the blob's bytes.
+        log.warning("%s/%s: ignoring a recorded upload session on another host", dst.registry,
+                    dst_repo)
+        recorded = None
     if recorded is not None:
         status = dst.upload_status(dst_repo, recorded.url)
         if status is not None and status.offset > 0:
@@ -227,7 +239,8 @@ def _send_chunks(dst: RegistryClient, dst_repo: str, blob: Descriptor, ledger: L
                             session.offset, expected_end)
                 reader.seek(session.offset)
             reader.checkpoint(session.offset)
-            ledger.save_upload_session(dst.registry, dst_repo, blob.digest, session)
+            if urlsplit(session.url).netloc == dst.api_host:
+                ledger.save_upload_session(dst.registry, dst_repo, blob.digest, session)
         dst.finish_upload(dst_repo, session.url, blob.digest, b"")
     except DigestMismatch:
         # The source serves other bytes than its digest: this session can never complete.

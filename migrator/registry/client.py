@@ -58,6 +58,7 @@ from migrator.throttle import (
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECTS = (301, 302, 303, 307, 308)
 # Docker Hub's references say docker.io; its API lives elsewhere.
 API_HOSTS = {"docker.io": "registry-1.docker.io"}
 USER_AGENT = "migrator/0.1"
@@ -474,11 +475,11 @@ class RegistryClient:
 
     def blob_exists(self, repository: str, digest: str) -> bool:
         response = self.request(
-            "HEAD", f"/v2/{repository}/blobs/{digest}", expect=(200, 404),
+            "HEAD", f"/v2/{repository}/blobs/{digest}", expect=(200, 404, *REDIRECTS),
             scopes=(repository_scope(repository, "pull"),), allow_redirects=False)
         # 200 here, or a redirect to storage, both mean "present"; HEAD with no redirect
         # following keeps the registry's Authorization from going to another host.
-        return response.status_code == 200
+        return response.status_code != 404
 
     def open_blob(self, repository: str, digest: str, offset: int = 0) -> requests.Response:
         """A streamed GET, from `offset` on with a Range request (206; a registry that ignores

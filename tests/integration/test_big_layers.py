@@ -16,8 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 
+from migrator.auth import RegistryAuth
+from migrator.chunked import upload_chunked
 from migrator.cli import EXIT_OK, main
 from migrator.ledger import MemoryLedger, SQLiteLedger, UploadSession
+from migrator.registry.client import RegistryClient
+from migrator.registry.manifest import Descriptor
+from migrator.settings import Settings
 from tests.integration.test_fleet import Fleet
 from tests.support.front import DROP, LOSE, Front
 from tests.support.images import get_blob, make_layer, manifest_exists, push_image, sha256_digest
@@ -189,3 +194,29 @@ def test_ledgers_keep_and_forget_upload_sessions(tmp_path: Path) -> None:
         ledger.save_upload_session("r", "a/b", "sha256:x", None)
         assert ledger.upload_session("r", "a/b", "sha256:x") is None
         ledger.close()
+
+
+def test_a_recorded_session_on_another_host_is_never_used(source_registry, target_registry
+                                                          ) -> None:
+    """A ledger entry naming an upload session elsewhere (written by someone with access to
+    the ledger) must not receive the blob's bytes."""
+    layer = make_layer(2 * MIB, seed=7)
+    push_image(source_registry, "big/five", "v1", layers=[layer])
+    elsewhere = Front(target_registry.url, lambda method, path: None)
+    settings = Settings(chunked_upload_threshold=MIB, upload_chunk_size=MIB,
+                        backoff_initial=0.05)
+    clients = [RegistryClient(registry.host, RegistryAuth(insecure=True), settings)
+               for registry in (source_registry, target_registry)]
+    ledger = MemoryLedger()
+    digest = sha256_digest(layer)
+    ledger.save_upload_session(target_registry.host, "big/five", digest,
+                               UploadSession(f"{elsewhere.url}/v2/big/five/blobs/uploads/x", MIB))
+    try:
+        upload_chunked(src=clients[0], src_repo="big/five", dst=clients[1], dst_repo="big/five",
+                       blob=Descriptor(digest, len(layer)), ledger=ledger, settings=settings)
+    finally:
+        elsewhere.close()
+    assert elsewhere.seen == []
+    assert [offset for offset, _ in patch_offsets(target_registry)] == [0, MIB, 2 * MIB]
+    assert get_blob(target_registry, "big/five", digest) == layer
+    assert ledger.upload_session(target_registry.host, "big/five", digest) is None
