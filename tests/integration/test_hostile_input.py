@@ -176,10 +176,9 @@ def argv(setting: Setting, command: str, kind: str, path: Path, state: Path) -> 
     return words
 
 
-@pytest.mark.parametrize("command", ["sync", "enqueue"])
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input_is_refused_before_anything_runs(
-    setting: Setting, case: Case, command: str, tmp_path: Path,
+    setting: Setting, case: Case, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # a YAML tag that ran a command would leave PWNED here
@@ -187,26 +186,29 @@ def test_bad_input_is_refused_before_anything_runs(
     state = tmp_path / "state"
     marks = setting.source.mark(), setting.target.mark()
 
-    code = main(argv(setting, command, case.kind, path, state), ENVIRON)
-    out, err = capsys.readouterr()
+    for command in ("sync", "enqueue"):
+        code = main(argv(setting, command, case.kind, path, state), ENVIRON)
+        out, err = capsys.readouterr()
 
-    assert code == EXIT_BAD_INPUT, err
-    assert out == ""
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) >= case.min_errors
-    assert all(line.startswith(f"error: {path}") for line in errors), err
-    expected = _substituted(case.error, setting.hosts)
-    where = f"error: {path}: " + (_substituted(case.entry, setting.hosts) if case.entry else "")
-    assert any(expected in line and line.startswith(where) for line in errors), err
-    assert err.splitlines()[-1] == "nothing was copied: fix the input above and run again"
-    assert SECRET_MARK not in out + err
-    if case.max_line is not None:
-        assert max(len(line) for line in err.splitlines()) <= case.max_line
-    # Nothing ran: no request reached either registry, no record, no log, no task.
+        assert code == EXIT_BAD_INPUT, f"{command}: {err}"
+        assert out == ""
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) >= case.min_errors
+        assert all(line.startswith(f"error: {path}") for line in errors), err
+        expected = _substituted(case.error, setting.hosts)
+        entry = _substituted(case.entry, setting.hosts) if case.entry else ""
+        assert any(expected in line and line.startswith(f"error: {path}: {entry}")
+                   for line in errors), f"{command}: {err}"
+        assert err.splitlines()[-1] == "nothing was copied: fix the input above and run again"
+        assert SECRET_MARK not in out + err
+        if case.max_line is not None:
+            assert max(len(line) for line in err.splitlines()) <= case.max_line
+        assert setting.redis.dbsize() == 0  # enqueue sent no task and started no run
+
+    # Nothing ran: no request reached either registry, no record, no log, no command.
     assert setting.source.requests(marks[0]) == []
     assert setting.target.requests(marks[1]) == []
     assert not state.exists() and not (tmp_path / "migrator.log").exists()
-    assert setting.redis.dbsize() == 0
     assert not (tmp_path / PWNED).exists()
 
 
