@@ -117,6 +117,10 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
                              "written then has a digest of its own)")
     parser.add_argument("--no-referrers", dest="referrers", action="store_false",
                         help="do not copy the signatures, SBOMs and attestations of images")
+    parser.add_argument("--immutable-tags", type=regex, metavar="REGEX",
+                        help="tags (full match) that never change once synced: those the "
+                             "record holds are skipped without a request (rules may set "
+                             "their own immutable_tags)")
 
 
 def add_report_flags(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +154,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def regex(text: str) -> str:
+    from migrator.rules import regex_problem
+
+    problem = regex_problem("--immutable-tags", text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem.split(": ", 1)[1])
+    return text
 
 
 def platform_list(text: str) -> frozenset[str]:
@@ -256,7 +269,8 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     reporter = ConsoleReporter(sys.stdout)
     runner = EmbeddedRunner(auth=auth, ledger=ledger, settings=settings, reporter=reporter,
                             workers=args.workers, retries=args.retries, dry_run=args.dry_run,
-                            platforms=args.platform, referrers=args.referrers)
+                            platforms=args.platform, referrers=args.referrers,
+                            immutable_tags=args.immutable_tags)
     try:
         summary = runner.run(rules)
     finally:
@@ -375,7 +389,9 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     started = start_run(rules, auth, settings, store=store, send=send,
                         name=args.images or args.src or "images.json", retries=args.retries,
                         options={"platforms": sorted(args.platform),
-                                 "referrers": args.referrers})
+                                 "referrers": args.referrers,
+                                 **({"immutable_tags": args.immutable_tags}
+                                    if args.immutable_tags else {})})
     for warning in started.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(started.run_id, flush=True)

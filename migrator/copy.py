@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -156,6 +157,7 @@ def copy_image(
     dry_run: bool = False,
     platforms: frozenset[str] = frozenset(),
     referrers: bool = True,
+    immutable_tags: str | None = None,
 ) -> CopyResult:
     """Copy one image (a tag or a digest, single- or multi-platform) from source to target.
 
@@ -163,12 +165,35 @@ def copy_image(
     found, and nothing is written to the target or the ledger. `platforms` (`os/arch[/variant]`;
     the job's own, from its rule, come first) keeps only those children of an index, which
     then gets a digest of its own. `referrers`
-    copies the signatures, SBOMs and attestations found for the image with it.
+    copies the signatures, SBOMs and attestations found for the image with it. A tag that
+    `immutable_tags` (a regex, full match) names and that the ledger holds as synced is up to
+    date without a request.
     """
     if dry_run:
         ledger = ReadOnlyLedger(ledger)
+    chosen = job.platforms or platforms
+    known = synced_immutable(job, ledger, immutable_tags, chosen)
+    if known is not None:
+        log.info("up to date %s (immutable tag on record)", job)
+        return CopyResult(job, outcome="up-to-date", target_digest=known.target_digest,
+                          source_digest=known.source_digest)
     return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes, dry_run,
-                      job.platforms or platforms, referrers).run()
+                      chosen, referrers).run()
+
+
+def is_immutable(job: Job, immutable_tags: str | None) -> bool:
+    """Whether the job copies a tag that the rule (or the run) declares never to change."""
+    pattern = job.immutable_tags or immutable_tags
+    tag = job.source.tag
+    return bool(pattern and tag and not job.source.digest and re.fullmatch(pattern, tag))
+
+
+def synced_immutable(job: Job, ledger: Ledger | ReadOnlyLedger, immutable_tags: str | None,
+                     platforms: frozenset[str] = frozenset()) -> ManifestRecord | None:
+    """The ledger's record of an immutable tag already synced (then no request is needed)."""
+    if not is_immutable(job, immutable_tags):
+        return None
+    return ledger.manifest(target_key(job, "", job.platforms or platforms))
 
 
 def target_key(job: Job, source_digest: str, platforms: frozenset[str] = frozenset()) -> str:

@@ -46,6 +46,8 @@ def expand_args(rule: Rule) -> dict[str, Any]:
         args["catalog"] = True
     if rule.platforms:
         args["platforms"] = sorted(rule.platforms)
+    if rule.immutable_tags:
+        args["immutable_tags"] = rule.immutable_tags
     return {**args, **rule.filters.to_args()}
 
 
@@ -53,13 +55,14 @@ def rule_from_args(args: dict[str, Any]) -> Rule:
     filters = TagFilters.from_args(args)
     pattern = args.get("pattern")
     platforms = frozenset(args.get("platforms") or ())
+    immutable = str(args["immutable_tags"]) if args.get("immutable_tags") else None
     if args.get("catalog"):
         rule = catalog_rule(str(args["rule"]), str(args["source"]), str(args["target"]),
                             pattern=pattern, filters=filters)
-        return replace(rule, platforms=platforms)
+        return replace(rule, platforms=platforms, immutable_tags=immutable)
     source, target = parse(str(args["source"])), parse(str(args["target"]))
     return Rule(origin=str(args["rule"]), source=source, tags=(), tag_pattern=pattern,
-                target=target, filters=filters, platforms=platforms)
+                target=target, filters=filters, platforms=platforms, immutable_tags=immutable)
 
 
 def job_kwargs(job: Job, retries: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +70,8 @@ def job_kwargs(job: Job, retries: int, options: dict[str, Any]) -> dict[str, Any
     kwargs = {"rule": job.rule, "retries": retries, **options}
     if job.platforms:
         kwargs["platforms"] = sorted(job.platforms)
+    if job.immutable_tags:  # the rule's own, over the run's
+        kwargs["immutable_tags"] = job.immutable_tags
     return kwargs
 
 

@@ -16,7 +16,7 @@ import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from migrator.documents import (
     SCHEME,
@@ -56,6 +56,8 @@ class Job:
     target: Reference
     rule: str  # origin of the job, e.g. "images.json: 'quay.io/coreos/etcd'"
     platforms: frozenset[str] = frozenset()  # the rule's platform filter (empty: every one)
+    # regex (full match) of the rule's tags that never change once synced
+    immutable_tags: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}"
@@ -76,6 +78,7 @@ class Rule:
     filters: TagFilters = NO_FILTERS  # include/exclude/semver/newest, on the tag list
     catalog: bool = False  # `registry/namespace/*`: every repository the registry lists
     platforms: frozenset[str] = frozenset()  # copy only these platforms of an index
+    immutable_tags: str | None = None  # regex (full match) of tags that never change
 
     @property
     def needs_tag_list(self) -> bool:
@@ -117,7 +120,7 @@ class Rule:
             raise ValueError(f"{self.origin}: list the repositories first (`repositories`)")
         if self.source.digest is not None:
             target = self.target if self.target.tag else self.target.with_tag(self.source.tag)
-            return [Job(self.source, target, self.origin, self.platforms)]
+            return [Job(self.source, target, self.origin, self.platforms, self.immutable_tags)]
         if self.tags:
             return [
                 Job(
@@ -125,6 +128,7 @@ class Rule:
                     self.target.with_tag(self.target.tag or tag),
                     self.origin,
                     self.platforms,
+                    self.immutable_tags,
                 )
                 for tag in self.tags
             ]
@@ -144,7 +148,7 @@ class Rule:
         if self.filters:
             tags = self.filters.select(tags)
         return [Job(self.source.with_tag(tag), self.target.with_tag(tag), self.origin,
-                    self.platforms)
+                    self.platforms, self.immutable_tags)
                 for tag in tags]
 
 
@@ -505,7 +509,7 @@ def _conflicts(rules: list[Rule], filename: str) -> list[str]:
 
 
 OPTION_KEYS = ("target", "targets", "include", "exclude", "semver", "newest", "catalog",
-               "platforms")
+               "platforms", "immutable_tags")
 
 
 @dataclass(frozen=True)
@@ -516,6 +520,7 @@ class _Options:
     filters: TagFilters = NO_FILTERS
     catalog: bool = False
     platforms: frozenset[str] = frozenset()
+    immutable_tags: str | None = None
 
 
 def _patterns(key: str, value: object) -> tuple[tuple[str, ...], list[str]]:
@@ -575,10 +580,27 @@ def _read_options(value: Mapping, origin: str) -> tuple[_Options, list[str]]:
         else:
             found.append("platforms: must be a list of os/architecture[/variant] strings, "
                          f"not {describe_type(written)}")
+    immutable = value.get("immutable_tags")
+    if immutable is not None:
+        problem = regex_problem("immutable_tags", immutable)
+        if problem:
+            found.append(problem)
+            immutable = None
     filters = TagFilters(include, exclude, semver, newest)
     found += filters.problems()
     problems += [f"{origin}: {problem}" for problem in found]
-    return _Options(targets, filters, catalog, platforms), problems
+    return _Options(targets, filters, catalog, platforms, immutable), problems
+
+
+def regex_problem(key: str, value: object) -> str | None:
+    """What is wrong with a regex option (None: nothing), in the words of a rule problem."""
+    if not isinstance(value, str) or not value:
+        return f"{key}: must be a regex (a non-empty string), not {describe_type(value)}"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"{key}: not a valid regex: {exc}"
+    return None
 
 
 def _parse(
@@ -678,8 +700,9 @@ def _parse(
                     rules.append(_make_rule(origin, source, source_tag, target, options.filters))
             except _Bad as exc:
                 problems.append(f"{origin}: target {quote(item or '')}: {exc}")
-        if options.platforms:
-            rules[first_rule:] = [replace(rule, platforms=options.platforms)
+        if options.platforms or options.immutable_tags:
+            rules[first_rule:] = [replace(rule, platforms=options.platforms,
+                                          immutable_tags=options.immutable_tags)
                                   for rule in rules[first_rule:]]
     problems.extend(_conflicts(rules, filename))
     return rules, problems

@@ -74,6 +74,7 @@ class EmbeddedRunner:
         dry_run: bool = False,
         platforms: frozenset[str] = frozenset(),
         referrers: bool = True,
+        immutable_tags: str | None = None,
     ) -> None:
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
@@ -86,6 +87,7 @@ class EmbeddedRunner:
         self.dry_run = dry_run
         self.platforms = platforms
         self.referrers = referrers
+        self.immutable_tags = immutable_tags
 
     def run(self, rules: Sequence[Rule]) -> Summary:
         summary = Summary()
@@ -155,7 +157,8 @@ class EmbeddedRunner:
             return copy_image(job, clients=self.clients, ledger=self.ledger,
                               settings=self.settings, blob_pool=blob_pool,
                               on_bytes=self.reporter.add_bytes, dry_run=self.dry_run,
-                              platforms=self.platforms, referrers=self.referrers)
+                              platforms=self.platforms, referrers=self.referrers,
+                              immutable_tags=self.immutable_tags)
 
         failed: list[Job] = []
         for job, result, error in _run_all(image_pool, copy, jobs):

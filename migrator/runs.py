@@ -132,6 +132,16 @@ class RunStore:
             pipe.expire(self.key(run_id, ":ok"), self.ttl)
             pipe.execute()
 
+    def up_to_date(self, run_id: str, jobs: list[str]) -> None:
+        """Many jobs done without a task (immutable tags on record): one round trip."""
+        if not jobs:
+            return
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(self.key(run_id, ":ok"), *jobs)
+            pipe.hdel(self.key(run_id, ":failed"), *jobs)
+            pipe.expire(self.key(run_id, ":ok"), self.ttl)
+            pipe.execute()
+
     def failed(self, run_id: str, job: str, reason: str) -> None:
         if self.redis.sismember(self.key(run_id, ":ok"), job):
             return  # a duplicate delivery failed after the first one succeeded

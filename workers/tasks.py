@@ -18,7 +18,7 @@ import redis
 from celery import Task
 
 from migrator.auth import AuthFile, load_auth, merge
-from migrator.copy import ClientPool, Clients, copy_image
+from migrator.copy import ClientPool, Clients, copy_image, synced_immutable
 from migrator.errors import MigratorError, RetryableError
 from migrator.fleet import (
     EXPAND_TASK,
@@ -115,7 +115,7 @@ class RunTask(Task):
 @app.task(bind=True, base=RunTask, name=SYNC_TASK)
 def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str = "",
                retries: int = 3, platforms: list[str] | None = None,
-               referrers: bool = True) -> None:
+               referrers: bool = True, immutable_tags: str | None = None) -> None:
     """Copy one image (tag or digest) into the target."""
     self.override_max_retries = retries
     ctx = context()
@@ -123,7 +123,8 @@ def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str =
     result = copy_image(job, clients=ctx.clients(run_id), ledger=ctx.ledger,
                         settings=ctx.settings, blob_pool=ctx.blob_pool,
                         on_bytes=health.progress(self.request.id),
-                        platforms=frozenset(platforms or ()), referrers=referrers)
+                        platforms=frozenset(platforms or ()), referrers=referrers,
+                        immutable_tags=immutable_tags)
     health.copied(result)
     if not ctx.redis.exists(ctx.runs.key(run_id)):
         # Redis lost the run (flushed, or restarted without its data): recording the copy
@@ -148,6 +149,12 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
         jobs = parsed.jobs(client.list_tags(parsed.source.repository))
     keys = [str(job) for job in jobs]
     ctx.runs.add_jobs(run_id, keys)
+    # Immutable tags already on record: done without a task, let alone a request. A new tag
+    # is any the source lists and the record does not hold.
+    immutable = str(options["immutable_tags"]) if options.get("immutable_tags") else None
+    platforms = frozenset(options.get("platforms") or ())  # type: ignore[call-overload]
+    ctx.runs.up_to_date(run_id, [str(job) for job in jobs
+                                 if synced_immutable(job, ctx.ledger, immutable, platforms)])
     # Send every job not finished yet, not only the new ones: if this task is a redelivery
     # after a crash between recording and sending, its jobs must still be sent. A job sent
     # twice is harmless (copies are idempotent and counted once).
