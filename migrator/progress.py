@@ -42,6 +42,7 @@ class ConsoleReporter:
         self.started = time.monotonic()
         self._last_line = self.started
         self._lock = threading.Lock()
+        self._outcomes: dict[Job, bool] = {}  # job → its last try succeeded
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if self.live:
@@ -75,9 +76,11 @@ class ConsoleReporter:
             self._refresh()
 
     def image_done(self, job: Job, result: CopyResult | None, error: str | None) -> None:
+        # Per job, its last outcome: a retry pass must not count an image twice.
         with self._lock:
-            self.done += 1
-            self.failed += error is not None
+            self._outcomes[job] = error is None
+            self.done = len(self._outcomes)
+            self.failed = sum(1 for ok in self._outcomes.values() if not ok)
         self._refresh()
 
     def set_counts(self, *, total: int, done: int, failed: int, copied_bytes: int) -> None:

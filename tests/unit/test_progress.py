@@ -14,12 +14,23 @@ def test_plain_output_has_phase_lines_and_a_final_status(monkeypatch):
     reporter.phase("Start to handle images tasks, please wait ...")
     reporter.add_total(2)
     reporter.add_bytes(3 * 1024 * 1024)
-    reporter.image_done(None, None, None)
-    reporter.image_done(None, None, "boom")
+    reporter.image_done("a", None, None)
+    reporter.image_done("b", None, "boom")
     reporter.close()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "Start to handle images tasks, please wait ..."
     assert lines[-1].startswith("progress: 2/2 images, 1 failed, 3.0 MiB copied")
+
+
+def test_a_retried_image_counts_once_with_its_last_outcome():
+    reporter = ConsoleReporter(io.StringIO())
+    reporter.add_total(2)
+    for _ in range(3):  # three passes fail
+        reporter.image_done("a", None, "boom")
+    reporter.image_done("b", None, None)
+    assert (reporter.done, reporter.failed) == (2, 1)
+    reporter.image_done("a", None, None)  # the fourth pass succeeds
+    assert (reporter.done, reporter.failed) == (2, 0)
 
 
 def test_live_bar_draws_counts_on_a_terminal():
@@ -28,8 +39,8 @@ def test_live_bar_draws_counts_on_a_terminal():
     reporter.phase("Start to generate images tasks, please wait ...")
     reporter.add_total(3)
     reporter.phase("Start to handle images tasks, please wait ...")
-    for _ in range(3):
-        reporter.image_done(None, None, None)
+    for job in ("a", "b", "c"):
+        reporter.image_done(job, None, None)
     reporter.add_bytes(2048)
     reporter._progress.refresh()
     drawn = stream.getvalue()
