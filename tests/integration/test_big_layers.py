@@ -220,3 +220,27 @@ def test_a_recorded_session_on_another_host_is_never_used(source_registry, targe
     assert [offset for offset, _ in patch_offsets(target_registry)] == [0, MIB, 2 * MIB]
     assert get_blob(target_registry, "big/five", digest) == layer
     assert ledger.upload_session(target_registry.host, "big/five", digest) is None
+
+
+def test_an_unknown_recorded_session_is_replaced_by_a_fresh_one(source_registry,
+                                                                target_registry) -> None:
+    """The record names a session the registry does not know (purged, or the registry's
+    storage was reset): detected by asking, forgotten, and the blob starts from byte 0."""
+    layer = make_layer(2 * MIB, seed=8)
+    push_image(source_registry, "big/six", "v1", layers=[layer])
+    settings = Settings(chunked_upload_threshold=MIB, upload_chunk_size=MIB,
+                        backoff_initial=0.05)
+    clients = [RegistryClient(registry.host, RegistryAuth(insecure=True), settings)
+               for registry in (source_registry, target_registry)]
+    ledger = MemoryLedger()
+    digest = sha256_digest(layer)
+    gone = f"{target_registry.url}/v2/big/six/blobs/uploads/0c7e1a52-dead-4bee-8f00-000000000000"
+    ledger.save_upload_session(target_registry.host, "big/six", digest,
+                               UploadSession(f"{gone}?_state=stale", MIB))
+    upload_chunked(src=clients[0], src_repo="big/six", dst=clients[1], dst_repo="big/six",
+                   blob=Descriptor(digest, len(layer)), ledger=ledger, settings=settings)
+    asked = [(m, status) for m, uri, status in target_registry.requests() if uri.startswith(
+        "/v2/big/six/blobs/uploads/0c7e1a52")]
+    assert asked in ([("GET", 404)], [("GET", 400)])
+    assert [offset for offset, _ in patch_offsets(target_registry)] == [0, MIB, 2 * MIB]
+    assert get_blob(target_registry, "big/six", digest) == layer

@@ -9,6 +9,7 @@ it: it answers 429 above R requests in any second, or hands out quota headers.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -141,6 +142,31 @@ def test_a_429_pauses_the_whole_fleet(tmp_path: Path, capsys, store, source_regi
         assert get_manifest(target_registry, repository.replace("ns/", "copy/"), tag)[2] == digest
 
 
+def quota_front(upstream, remaining: list[int], window: int = 40,
+                seen: list[tuple[float, str, str]] | None = None) -> Front:
+    """A front that hands out Docker Hub's quota headers on manifest answers, counting down;
+    `seen` collects (time, method, path) of every request."""
+    import requests
+
+    def quota(method: str, path: str):
+        if seen is not None:
+            seen.append((time.monotonic(), method, path))
+        with requests.Session() as session:
+            session.trust_env = False
+            upstream_answer = session.request(method, upstream.url + path, timeout=10,
+                                              allow_redirects=False,
+                                              headers={"Accept": MANIFESTS})
+        headers = {k: v for k, v in upstream_answer.headers.items()
+                   if k.lower() not in ("content-length", "transfer-encoding", "connection")}
+        if "/manifests/" in path:
+            remaining[0] = max(0, remaining[0] - 1)
+            headers["RateLimit-Limit"] = f"100;w={window}"
+            headers["RateLimit-Remaining"] = f"{remaining[0]};w={window}"
+        return upstream_answer.status_code, headers, upstream_answer.content
+
+    return Front(upstream.url, quota)
+
+
 def test_quota_headers_pause_before_the_quota_runs_out(tmp_path: Path, source_registry,
                                                        target_registry) -> None:
     """Docker Hub announces its pull quota on manifest answers; with 5 left (the reserve),
@@ -148,23 +174,7 @@ def test_quota_headers_pause_before_the_quota_runs_out(tmp_path: Path, source_re
     push_image(source_registry, "ns/app", "v1", layers=[make_layer(16 * 1024, 1)])
     push_image(source_registry, "ns/app", "v2", layers=[make_layer(16 * 1024, 2)])
     seen: list[tuple[float, str, str]] = []
-    remaining = [6]
-
-    def quota(method: str, path: str):
-        import requests
-
-        seen.append((time.monotonic(), method, path))
-        upstream = requests.request(method, source_registry.url + path, timeout=10,
-                                    allow_redirects=False, headers={"Accept": MANIFESTS})
-        headers = {k: v for k, v in upstream.headers.items()
-                   if k.lower() not in ("content-length", "transfer-encoding", "connection")}
-        if "/manifests/" in path:
-            remaining[0] -= 1
-            headers["RateLimit-Limit"] = "100;w=40"
-            headers["RateLimit-Remaining"] = f"{remaining[0]};w=40"
-        return upstream.status_code, headers, upstream.content
-
-    front = Front(source_registry.url, quota)
+    front = quota_front(source_registry, [6], seen=seen)
     try:
         (tmp_path / "images.json").write_text(json.dumps(
             {f"{front.host}/ns/app:v1,v2": f"{target_registry.host}/copy/app"}))
@@ -182,6 +192,27 @@ def test_quota_headers_pause_before_the_quota_runs_out(tmp_path: Path, source_re
     assert "pausing requests for 0.4 s (quota: 5 of 100 requests left per 40 s)" in text
     first = next(i for i, (_, _, path) in enumerate(seen) if "/manifests/" in path)
     assert seen[first + 1][0] - seen[first][0] >= 0.35  # the next request waited the pause
+
+
+def test_the_fleet_says_when_it_pauses_for_a_quota(tmp_path: Path, capsys, store,
+                                                   source_registry, target_registry) -> None:
+    push_image(source_registry, "ns/app", "v1", layers=[make_layer(16 * 1024, 1)])
+    front = quota_front(source_registry, [2])  # 1 left after the first manifest: 2 s pause
+    fleet = Fleet(tmp_path, capsys, redis_url=REDIS_URL)
+    try:
+        fleet.write({f"{front.host}/ns/app:v1": f"{target_registry.host}/copy/app"},
+                    {front.host: {"insecure": True}, target_registry.host: {"insecure": True}})
+        fleet.start_worker("w1")
+        code, out, _ = fleet.enqueue("--wait", "--timeout", "60")
+        log = fleet.log("w1")
+    finally:
+        fleet.stop_all()
+        front.close()
+    assert code == EXIT_OK, out + log
+    said = re.search(rf"{re.escape(front.host)}: the fleet pauses its requests for (\d) s "
+                     r"\(quota: 1 of 100 requests left per 40 s\)", out)
+    assert said and int(said[1]) in (1, 2), out  # as much of the 2 s as was left when seen
+    assert "pausing the fleet's requests for 2.0 s (quota: 1 of 100" in log
 
 
 def test_proxy_per_registry_and_from_the_environment(tmp_path: Path, monkeypatch,
