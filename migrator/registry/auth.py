@@ -19,6 +19,7 @@ Where credentials may go (SECURITY.md):
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 import time
@@ -75,6 +76,12 @@ class GuardedSession(requests.Session):
             resp.close()  # an unread body of any size: drop this connection instead
             resp._content, resp._content_consumed = b"", True  # type: ignore[attr-defined]
         return target
+
+
+def basic_auth(username: str, password: str) -> str:
+    """The Basic Authorization value, in UTF-8 as Docker's clients send it (requests' own
+    helper encodes Latin-1 and fails on a password such as `pässwörd€`)."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,7 @@ class Authenticator:
             basic = self._basic()
             if basic is None:
                 return None
-            return requests.auth._basic_auth_str(*basic)
+            return basic_auth(*basic)
         if challenge.scheme == "bearer":
             return f"Bearer {self._token(scopes)}"
         return None
@@ -212,9 +219,11 @@ class Authenticator:
         params.extend(("scope", scope) for scope in scopes)
         realm_shown = _where(realm)
         try:
+            basic = self._basic()
             response = self.session.get(
-                realm, params=params, auth=self._basic(), verify=self.verify,
-                timeout=self.timeout, allow_redirects=False, stream=True,
+                realm, params=params, verify=self.verify, timeout=self.timeout,
+                headers={"Authorization": basic_auth(*basic)} if basic else None,
+                allow_redirects=False, stream=True,
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransportError(

@@ -178,3 +178,16 @@ def test_blob_redirects_are_followed_without_the_registry_credentials(token_regi
         assert front.storage_headers == [None]
     finally:
         front.close()
+
+
+@pytest.mark.parametrize("auth", ["htpasswd", "token"])
+def test_a_password_beyond_latin_1_is_sent_as_utf_8(registry_factory, auth):
+    """Docker's clients send Basic credentials as UTF-8; a password with `€` must work, for
+    the registry itself and for a token service."""
+    registry = registry_factory(auth=auth, password="pässwörd€-ünïcode")
+    push_image(registry, "ns/utf8", "1", layers=[make_layer(1024, 9)],
+               auth=(registry.username, registry.password))
+    client = RegistryClient(registry.host, RegistryAuth(
+        username=registry.username, password=registry.password, insecure=True), Settings())
+    head = client.head_manifest("ns/utf8", "1")
+    assert head is not None and head[0].startswith("sha256:")

@@ -14,6 +14,7 @@ registry's test CA when it has one.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -152,7 +153,7 @@ class RegistryAuth(AuthBase):
             if token:
                 r.headers["Authorization"] = f"Bearer {token}"
         elif self.creds:
-            r.prepare_auth(self.creds)
+            r.headers["Authorization"] = _basic(self.creds)
         r.register_hook("response", self._handle_401)
         return r
 
@@ -170,7 +171,8 @@ class RegistryAuth(AuthBase):
                 query["scope"] = params["scope"]
             self.token_requests += 1
             resp = self._http.get(
-                params["realm"], params=query, auth=self.creds, verify=self.verify, timeout=30
+                params["realm"], params=query, verify=self.verify, timeout=30,
+                headers={"Authorization": _basic(self.creds)} if self.creds else None,
             )
             if resp.status_code != 200:
                 return r
@@ -180,7 +182,7 @@ class RegistryAuth(AuthBase):
             self.tokens[key] = token
             retry.headers["Authorization"] = f"Bearer {token}"
         elif scheme.lower() == "basic" and self.creds:
-            retry.prepare_auth(self.creds)
+            retry.headers["Authorization"] = _basic(self.creds)
         else:
             return r
         retry._auth_retried = True  # type: ignore[attr-defined]
@@ -190,6 +192,11 @@ class RegistryAuth(AuthBase):
         new.history.append(r)
         new.request = retry
         return new
+
+
+def _basic(creds: tuple[str, str]) -> str:
+    """Basic credentials in UTF-8, as Docker sends them (requests' own helper is Latin-1)."""
+    return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
 
 
 def _repo_of(url: str) -> str:

@@ -166,7 +166,7 @@ class TokenIssuer:
     def _check_password(self, user: str, password: str) -> tuple[bool, str | None]:
         with self._lock:
             expected = self.users.get(user)
-        if expected is None or not secrets.compare_digest(expected, password):
+        if expected is None or not secrets.compare_digest(expected.encode(), password.encode()):
             return False, user
         return True, user
 
