@@ -450,6 +450,11 @@ def watch_run(store: RunStore, run_id: str, args: argparse.Namespace) -> int:
 
     try:
         state = watch(store, run_id, on_state=show, timeout=args.timeout)
+    except KeyError:
+        print(f"run {run_id} is no longer in Redis (flushed, or expired after "
+              "MIGRATOR_RUN_TTL): its outcome is unknown; enqueue the rules again",
+              file=sys.stderr)
+        return EXIT_FAILED
     finally:
         reporter.close()
     print_run(state)

@@ -323,3 +323,16 @@ def test_rate_limit_header_grammar() -> None:
     assert parse_rate_limit("100") == (100, None)
     assert parse_rate_limit("x;w=1") is None
     assert parse_rate_limit(None) is None
+
+
+def test_a_run_that_vanishes_while_watched_ends_with_a_clear_message(store, capsys) -> None:
+    """Redis flushed under `migrator status --wait`: a message and exit 1, no traceback."""
+    from migrator.runs import RunStore
+
+    run_id = RunStore(store).create(name="test", retries=0, jobs=["a -> b"], expands=[])
+    threading.Timer(1.5, store.flushdb).start()
+    code = main(["status", run_id, "--wait", "--timeout", "20"],
+                {"MIGRATOR_REDIS_URL": REDIS_URL})
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "is no longer in Redis" in err and "Traceback" not in err
