@@ -397,7 +397,7 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     print(started.run_id, flush=True)
     if not args.wait:
         return EXIT_OK
-    return watch_run(store, started.run_id, args)
+    return watch_run(store, started.run_id, args, settings)
 
 
 def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -414,7 +414,7 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if store.state(args.run_id) is None:
         raise ConfigError(f"run {args.run_id!r} not found in {settings.redis_prefix}runs")
     if args.wait:
-        return watch_run(store, args.run_id, args)
+        return watch_run(store, args.run_id, args, settings)
     state = store.state(args.run_id)
     assert state is not None
     if args.json:
@@ -428,7 +428,8 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK if state.ok else EXIT_FAILED
 
 
-def watch_run(store: RunStore, run_id: str, args: argparse.Namespace) -> int:
+def watch_run(store: RunStore, run_id: str, args: argparse.Namespace,
+              settings: Settings) -> int:
     from migrator.fleet import watch
     from migrator.progress import ConsoleReporter
     from migrator.throttle import RedisThrottle
@@ -448,8 +449,22 @@ def watch_run(store: RunStore, run_id: str, args: argparse.Namespace) -> int:
                 reporter.phase(f"{registry}: the fleet pauses its requests for "
                                f"{pause.remaining:.0f} s ({pause.reason})")
 
+    from workers.app import make_app
+
+    app = make_app(settings)
+
+    def resend(name: str, task_args: list, kwargs: dict) -> None:
+        app.send_task(name, args=task_args, kwargs=kwargs)
+
+    def resent(count: int) -> None:
+        reporter.phase(f"nothing ended for {stalled_after:.0f} s: sent the {count} unfinished "
+                       "tasks again (a killed worker may have lost them)")
+
+    stalled_after = (settings.resend_after if settings.resend_after is not None
+                     else settings.visibility_timeout + 60)
     try:
-        state = watch(store, run_id, on_state=show, timeout=args.timeout)
+        state = watch(store, run_id, on_state=show, timeout=args.timeout, resend=resend,
+                      stalled_after=stalled_after, on_resend=resent)
     except KeyError:
         print(f"run {run_id} is no longer in Redis (flushed, or expired after "
               "MIGRATOR_RUN_TTL): its outcome is unknown; enqueue the rules again",

@@ -138,25 +138,46 @@ def start_run(
     transport, warning = auth_for_transport(auth, settings)
     run_id = store.create(name=name, retries=retries, jobs=[str(job) for job in jobs],
                           expands=[rule_key(rule) for rule in expands], auth=transport)
-    for job in jobs:
-        send(SYNC_TASK, [run_id, str(job.source), str(job.target)],
-             job_kwargs(job, retries, options))
-    for rule in expands:
-        send(EXPAND_TASK, [run_id, expand_args(rule)], {"retries": retries, **options})
+    tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
+                        job_kwargs(job, retries, options)) for job in jobs}
+    tasks.update({rule_key(rule): (EXPAND_TASK, [run_id, expand_args(rule)],
+                                   {"retries": retries, **options}) for rule in expands})
+    store.remember_tasks(run_id, tasks)
+    for name, args, kwargs in tasks.values():
+        send(name, args, kwargs)
     return StartedRun(run_id, len(jobs) + len(expands), [warning] if warning else [])
 
 
 def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
           on_state: Callable[[RunState], None] | None = None,
-          timeout: float | None = None) -> RunState:
-    """Poll a run until it is finished (or `timeout` seconds pass); returns its last state."""
+          timeout: float | None = None, resend: Send | None = None,
+          stalled_after: float = 3600.0,
+          on_resend: Callable[[int], None] | None = None) -> RunState:
+    """Poll a run until it is finished (or `timeout` seconds pass); returns its last state.
+
+    With `resend`: when nothing has ended for `stalled_after` seconds, the run's unfinished
+    tasks are sent again. Celery's Redis transport loses a message whose worker is killed
+    between taking it from the queue and recording it as unacknowledged; a task still running
+    elsewhere is harmless to send twice (copies are idempotent, counted once).
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
+    progress, moved = (-1, -1), time.monotonic()
     while True:
         state = store.state(run_id)
         if state is None:
             raise KeyError(run_id)
         if on_state is not None:
             on_state(state)
+        now = time.monotonic()
+        if (state.done, state.expands_pending) != progress:
+            progress, moved = (state.done, state.expands_pending), now
+        elif resend is not None and not state.finished and now - moved > stalled_after:
+            tasks = store.unfinished_tasks(run_id)
+            for name, args, kwargs in tasks:
+                resend(name, args, kwargs)
+            if on_resend is not None:
+                on_resend(len(tasks))
+            moved = now
         if state.finished or (deadline is not None and time.monotonic() > deadline):
             return state
         time.sleep(interval)

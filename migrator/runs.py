@@ -17,6 +17,7 @@ derived, never stored twice:
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from typing import Any
 
 from migrator.ledger import text
 
-SUFFIXES = ("", ":jobs", ":ok", ":failed", ":expands", ":genfailed", ":auth")
+SUFFIXES = ("", ":jobs", ":ok", ":failed", ":expands", ":genfailed", ":auth", ":tasks")
 
 
 def new_run_id() -> str:
@@ -131,6 +132,28 @@ class RunStore:
                 pipe.hincrby(self.key(run_id), "bytes", copied_bytes)
             pipe.expire(self.key(run_id, ":ok"), self.ttl)
             pipe.execute()
+
+    def remember_tasks(self, run_id: str, tasks: dict[str, tuple[str, list, dict]]) -> None:
+        """The task (name, args, kwargs) sent for each job or rule, so that a watcher can send
+        it again if its message is lost (a worker killed between taking it from the queue and
+        recording it as unacknowledged). JSON: names, references and options, no secret."""
+        if not tasks:
+            return
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key(run_id, ":tasks"), mapping={
+                key: json.dumps(task) for key, task in tasks.items()})
+            pipe.expire(self.key(run_id, ":tasks"), self.ttl)
+            pipe.execute()
+
+    def unfinished_tasks(self, run_id: str) -> list[tuple[str, list, dict]]:
+        """The remembered tasks of the run's jobs and rules that have not ended."""
+        jobs = [text(job) for job in self.redis.smembers(self.key(run_id, ":jobs"))]
+        rules = [text(rule) for rule in self.redis.smembers(self.key(run_id, ":expands"))]
+        keys = sorted(self.unfinished(run_id, jobs)) + sorted(rules)
+        if not keys:
+            return []
+        found = self.redis.hmget(self.key(run_id, ":tasks"), keys)
+        return [tuple(json.loads(value)) for value in found if value]  # type: ignore[misc]
 
     def up_to_date(self, run_id: str, jobs: list[str]) -> None:
         """Many jobs done without a task (immutable tags on record): one round trip."""

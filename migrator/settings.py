@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         4 * 3600, ge=5, description="seconds before Redis hands an unacknowledged task to "
         "another worker; keep it above the longest copy")
+    resend_after: float | None = Field(
+        None, gt=0, description="seconds without an image ending before `--wait` sends a run's "
+        "unfinished tasks again (a worker killed at the wrong moment loses its message); "
+        "unset: the visibility timeout plus 60 s")
     lock_ttl: float = Field(15.0, gt=0, description="seconds a crashed worker keeps a blob lock")
     lock_wait: float = Field(3600.0, gt=0, description="longest wait for another's blob upload")
     run_ttl: int = Field(30 * 86400, ge=60, description="seconds a run's record is kept")

@@ -159,10 +159,12 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
     # after a crash between recording and sending, its jobs must still be sent. A job sent
     # twice is harmless (copies are idempotent and counted once).
     unfinished = ctx.runs.unfinished(run_id, keys)
-    for job in jobs:
-        if str(job) in unfinished:
-            sync_image.apply_async(args=[run_id, str(job.source), str(job.target)],
-                                   kwargs=job_kwargs(job, retries, options))
+    tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
+                        job_kwargs(job, retries, options))
+             for job in jobs if str(job) in unfinished}
+    ctx.runs.remember_tasks(run_id, tasks)
+    for _, args, kwargs in tasks.values():
+        sync_image.apply_async(args=args, kwargs=kwargs)
     if retry_later is not None:
         raise retry_later  # Celery retries the expansion; the jobs sent again are harmless
     ctx.runs.expanded(run_id, rule["rule"])

@@ -255,6 +255,7 @@ def test_proxy_per_registry_and_from_the_environment(tmp_path: Path, monkeypatch
 def test_one_ping_per_registry_per_worker_process(tmp_path: Path, capsys, store,
                                                   source_registry, target_registry) -> None:
     seed(source_registry, repositories=2, tags=3)
+    marks = {registry.host: registry.mark() for registry in (source_registry, target_registry)}
     fleet = Fleet(tmp_path, capsys, redis_url=REDIS_URL)
     try:
         fleet.write({f"{source_registry.host}/ns/app{r}": f"{target_registry.host}/copy/app{r}"
@@ -268,7 +269,8 @@ def test_one_ping_per_registry_per_worker_process(tmp_path: Path, capsys, store,
     finally:
         fleet.stop_all()
     for registry in (source_registry, target_registry):
-        assert [r for r in registry.requests() if r[1] == "/v2/"] == [("GET", "/v2/", 200)]
+        assert [r for r in registry.requests(marks[registry.host]) if r[1] == "/v2/"] == [
+            ("GET", "/v2/", 200)]
 
 
 def test_token_bucket_is_shared_between_processes(store) -> None:
