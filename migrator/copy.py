@@ -264,7 +264,9 @@ class _ImageCopy:
             if manifest.is_index:
                 manifest = filter_index(manifest, self.platforms)
                 expected = {manifest.digest}
-        head = self.dst.head_manifest(self.dst_repo, target_ref)
+        head = None
+        if record is not None or not self._absent_at_target(target_ref):
+            head = self.dst.head_manifest(self.dst_repo, target_ref)
         if head is not None and head[0] in expected | {source_digest}:
             self.ledger.record_manifest(key, ManifestRecord(source_digest, head[0]))
             return self._up_to_date(head[0])
@@ -294,6 +296,14 @@ class _ImageCopy:
                  self.result.blobs_copied, self.result.blobs_mounted, self.result.blobs_skipped,
                  self.result.bytes_copied)
         return self.result
+
+    def _absent_at_target(self, reference: str) -> bool:
+        """Whether the target repository's tag list (one request per repository, shared by its
+        tags' copies) says the tag is not there, which spares a HEAD per tag on a first copy."""
+        if not self.settings.target_tag_list or not self.job.target.tag:
+            return False
+        listed = self.dst.known_tags(self.dst_repo, max_age=self.settings.tag_list_ttl)
+        return listed is not None and reference not in listed
 
     def _copy_referrers(self, digest: str) -> None:
         """Signatures, SBOMs and attestations of the image, copied right after it.

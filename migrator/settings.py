@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     mount_probe: bool = Field(
         True, description="ask for a blob with a mount from the target repository itself "
         "(one request for HEAD + POST); a registry that refuses it gets a HEAD")
+    target_tag_list: bool = Field(
+        True, description="on a first copy, learn which tags a target repository has from "
+        "one tag list per repository instead of a HEAD per tag")
     trust_ledger: bool | None = Field(
         None, description="skip the target HEAD when the ledger vouches for a tag; unset: "
         "trusted by the fleet (its record is shared), verified by `migrator sync`")

@@ -177,6 +177,7 @@ class RegistryClient:
         self._tags: dict[str, tuple[float, list[str]]] = {}
         self.referrers_api: bool | None = None  # learnt on the first referrers request
         self._tags_lock = threading.Lock()
+        self._listing: dict[str, threading.Lock] = {}  # one tag listing per repository at once
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -384,6 +385,24 @@ class RegistryClient:
         with self._tags_lock:
             self._tags[repository] = (now, tags)
         return list(tags)
+
+    def known_tags(self, repository: str, *, max_age: float) -> frozenset[str] | None:
+        """The repository's tags from a listing at most `max_age` seconds old, read once per
+        repository however many copies ask at the same time; a repository that does not
+        exist yet has none. None where the registry will not list them (ask per tag then)."""
+        with self._tags_lock:
+            lock = self._listing.setdefault(repository, threading.Lock())
+        with lock:
+            try:
+                return frozenset(self.list_tags(repository, max_age=max_age))
+            except (RegistryError, AuthError) as exc:
+                if isinstance(exc, RetryableError):
+                    raise
+                if getattr(exc, "status", None) != 404:
+                    return None  # not allowed to list, say: a HEAD per tag it is
+            with self._tags_lock:  # remember the absence too, or each copy would ask again
+                self._tags[repository] = (time.monotonic(), [])
+            return frozenset()
 
     def _list_tags(self, repository: str) -> list[str]:
         return self._pages(f"/v2/{repository}/tags/list", "tags", f"tag list of {repository!r}",
