@@ -130,13 +130,16 @@ class VerifyingReader:
         if remaining <= 0:
             return b""
         want = remaining if amount is None or amount < 0 else min(amount, remaining)
-        # read1 pieces, so that the pace is checked while a slow source drips its bytes;
-        # joined into one block of up to `amount` to keep hashing and sending in big blocks.
+        # read1 pieces, so that the pace is checked while a slow source drips its bytes,
+        # joined into one block of at most PIECE. Measured on many-small (`migrator sync`,
+        # 28 concurrent uploads): blocks of `amount` (1 MiB) held pieces and their join,
+        # 76 MiB peak; one piece per call fragments the heap, 72 MiB; this, 65 MiB.
         parts: list[bytes] = []
         got = 0
+        want = min(want, PIECE)
         try:
             while got < want:
-                piece = self.response.raw.read1(min(want - got, PIECE), decode_content=False)
+                piece = self.response.raw.read1(want - got, decode_content=False)
                 if not piece:
                     break
                 parts.append(piece)

@@ -81,16 +81,21 @@ def nth_patch(n: int, action: str):
     return answer
 
 
+def sync_through_front(tmp_path: Path, source, target, repository: str, answer) -> int:
+    """`run_sync` to `target` through a Front answering with `answer`."""
+    front = Front(target.url, answer)
+    try:
+        return run_sync(tmp_path, source.host, front.host, repository)
+    finally:
+        front.close()
+
+
 def test_upload_cut_between_chunks_resumes_at_the_confirmed_offset(
         tmp_path: Path, source_registry, target_registry, big_layer) -> None:
     push_image(source_registry, "big/one", "v1", layers=[big_layer])
     # The 5th PATCH dies before it reaches the registry: 4 chunks (128 MiB) are confirmed.
-    front = Front(target_registry.url, nth_patch(5, DROP))
-    try:
-        code = run_sync(tmp_path, source_registry.host, front.host, "big/one")
-    finally:
-        front.close()
-
+    code = sync_through_front(tmp_path, source_registry, target_registry, "big/one",
+                              nth_patch(5, DROP))
     assert code == EXIT_OK
     offsets = [offset for offset, _ in patch_offsets(target_registry)]
     # Every chunk reached the registry exactly once, in order: the 5th after the resume.
@@ -110,12 +115,8 @@ def test_upload_whose_answer_is_lost_restarts_cleanly(
     more bytes than the session state the client has, and cancels the session when asked
     about it. Detected, and the upload starts again from byte 0."""
     push_image(source_registry, "big/two", "v1", layers=[big_layer])
-    front = Front(target_registry.url, nth_patch(3, LOSE))
-    try:
-        code = run_sync(tmp_path, source_registry.host, front.host, "big/two")
-    finally:
-        front.close()
-
+    code = sync_through_front(tmp_path, source_registry, target_registry, "big/two",
+                              nth_patch(3, LOSE))
     assert code == EXIT_OK
     offsets = [offset for offset, _ in patch_offsets(target_registry)]
     chunks = list(range(0, len(big_layer), CHUNK))
@@ -196,51 +197,47 @@ def test_ledgers_keep_and_forget_upload_sessions(tmp_path: Path) -> None:
         ledger.close()
 
 
+def upload_with_a_recorded_session(source, target, repository: str, seed: int,
+                                   session_url: str) -> tuple[bytes, MemoryLedger]:
+    """Upload a 2 MiB layer in 1 MiB chunks with `session_url` (at 1 MiB) on record."""
+    layer = make_layer(2 * MIB, seed=seed)
+    push_image(source, repository, "v1", layers=[layer])
+    settings = Settings(chunked_upload_threshold=MIB, upload_chunk_size=MIB,
+                        backoff_initial=0.05)
+    src, dst = (RegistryClient(registry.host, RegistryAuth(insecure=True), settings)
+                for registry in (source, target))
+    ledger = MemoryLedger()
+    digest = sha256_digest(layer)
+    ledger.save_upload_session(target.host, repository, digest, UploadSession(session_url, MIB))
+    upload_chunked(src=src, src_repo=repository, dst=dst, dst_repo=repository,
+                   blob=Descriptor(digest, len(layer)), ledger=ledger, settings=settings)
+    assert get_blob(target, repository, digest) == layer
+    assert ledger.upload_session(target.host, repository, digest) is None
+    return layer, ledger
+
+
 def test_a_recorded_session_on_another_host_is_never_used(source_registry, target_registry
                                                           ) -> None:
     """A ledger entry naming an upload session elsewhere (written by someone with access to
     the ledger) must not receive the blob's bytes."""
-    layer = make_layer(2 * MIB, seed=7)
-    push_image(source_registry, "big/five", "v1", layers=[layer])
     elsewhere = Front(target_registry.url, lambda method, path: None)
-    settings = Settings(chunked_upload_threshold=MIB, upload_chunk_size=MIB,
-                        backoff_initial=0.05)
-    clients = [RegistryClient(registry.host, RegistryAuth(insecure=True), settings)
-               for registry in (source_registry, target_registry)]
-    ledger = MemoryLedger()
-    digest = sha256_digest(layer)
-    ledger.save_upload_session(target_registry.host, "big/five", digest,
-                               UploadSession(f"{elsewhere.url}/v2/big/five/blobs/uploads/x", MIB))
     try:
-        upload_chunked(src=clients[0], src_repo="big/five", dst=clients[1], dst_repo="big/five",
-                       blob=Descriptor(digest, len(layer)), ledger=ledger, settings=settings)
+        upload_with_a_recorded_session(source_registry, target_registry, "big/five", 7,
+                                       f"{elsewhere.url}/v2/big/five/blobs/uploads/x")
     finally:
         elsewhere.close()
     assert elsewhere.seen == []
     assert [offset for offset, _ in patch_offsets(target_registry)] == [0, MIB, 2 * MIB]
-    assert get_blob(target_registry, "big/five", digest) == layer
-    assert ledger.upload_session(target_registry.host, "big/five", digest) is None
 
 
 def test_an_unknown_recorded_session_is_replaced_by_a_fresh_one(source_registry,
                                                                 target_registry) -> None:
     """The record names a session the registry does not know (purged, or the registry's
     storage was reset): detected by asking, forgotten, and the blob starts from byte 0."""
-    layer = make_layer(2 * MIB, seed=8)
-    push_image(source_registry, "big/six", "v1", layers=[layer])
-    settings = Settings(chunked_upload_threshold=MIB, upload_chunk_size=MIB,
-                        backoff_initial=0.05)
-    clients = [RegistryClient(registry.host, RegistryAuth(insecure=True), settings)
-               for registry in (source_registry, target_registry)]
-    ledger = MemoryLedger()
-    digest = sha256_digest(layer)
     gone = f"{target_registry.url}/v2/big/six/blobs/uploads/0c7e1a52-dead-4bee-8f00-000000000000"
-    ledger.save_upload_session(target_registry.host, "big/six", digest,
-                               UploadSession(f"{gone}?_state=stale", MIB))
-    upload_chunked(src=clients[0], src_repo="big/six", dst=clients[1], dst_repo="big/six",
-                   blob=Descriptor(digest, len(layer)), ledger=ledger, settings=settings)
+    upload_with_a_recorded_session(source_registry, target_registry, "big/six", 8,
+                                   f"{gone}?_state=stale")
     asked = [(m, status) for m, uri, status in target_registry.requests() if uri.startswith(
         "/v2/big/six/blobs/uploads/0c7e1a52")]
     assert asked in ([("GET", 404)], [("GET", 400)])
     assert [offset for offset, _ in patch_offsets(target_registry)] == [0, MIB, 2 * MIB]
-    assert get_blob(target_registry, "big/six", digest) == layer

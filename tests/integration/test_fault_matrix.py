@@ -182,6 +182,14 @@ def rules(source_host: str, target_host: str, prefix: str) -> dict[str, str]:
     return found
 
 
+def count_and_judge(tally, proxies: dict, target, source, failed, fault, out: str) -> None:
+    """Stop the faults, count those that fired, and judge every image at the target."""
+    for proxy in proxies.values():
+        proxy.clear()
+        tally.faults += len(proxy.fired)
+    judge(tally, target, "copy", source.pushed, failed, fault.reason, out)
+
+
 def judge(tally: Tally, target: RunningRegistry, prefix: str, pushed: dict, failed_file: Path,
           reason: str, summary: str) -> None:
     """Count each image of one run into `tally` by what the target holds and what was said."""
@@ -260,10 +268,7 @@ def test_sync_under_fault(name: str, source: Source, tmp_path: Path,
             auth = {p.host: {"insecure": True} for p in proxies.values()}
             _, out, failed = sync(workdir, rules(proxies["source"].host,
                                                  proxies["target"].host, "copy"), auth, capsys)
-            for proxy in proxies.values():
-                proxy.clear()
-                tally.faults += len(proxy.fired)
-            judge(tally, target, "copy", source.pushed, failed, fault.reason, out)
+            count_and_judge(tally, proxies, target, source, failed, fault, out)
         finally:
             for proxy in proxies.values():
                 proxy.stop()
@@ -378,10 +383,7 @@ def test_fleet_under_fault(name: str, source: Source, fleet: Fleet, tmp_path: Pa
             out, err = capsys.readouterr()
             assert code in (EXIT_OK, EXIT_FAILED), err + fleet.log("w1") + fleet.log("w2")
             assert "migration finished" in out, "the run did not end in time: " + out + err
-            for proxy in proxies.values():
-                proxy.clear()
-                tally.faults += len(proxy.fired)
-            judge(tally, target, "copy", source.pushed, failed, fault.reason, out)
+            count_and_judge(tally, proxies, target, source, failed, fault, out)
         finally:
             for proxy in proxies.values():
                 proxy.stop()
