@@ -490,6 +490,11 @@ class RegistryClient:
             scopes=(repository_scope(repository, "pull,push"),),
             headers={"Content-Type": manifest.media_type}, data=manifest.raw)
         response.close()
+        if ":" not in reference:  # a tag: a listing remembered from before now lacks it
+            with self._tags_lock:
+                cached = self._tags.get(repository)
+                if cached is not None and reference not in cached[1]:
+                    self._tags[repository] = (cached[0], [*cached[1], reference])
         return response.headers.get("Docker-Content-Digest") or manifest.digest
 
     def blob_exists(self, repository: str, digest: str) -> bool:
