@@ -33,7 +33,7 @@ from tests.support.images import (
     push_image,
     push_index,
 )
-from tests.support.proxy import BLOB, MANIFEST
+from tests.support.proxy import BLOB, MANIFEST, FaultProxy
 from tests.support.registry import RunningRegistry
 
 REDIS_URL = "redis://127.0.0.1:6379/10"  # this file's database on the shared Redis
@@ -241,9 +241,11 @@ def test_workers_killed_twenty_times_mid_run(chaos: ChaosFleet, source_registry,
     print(f"chaos: {len(kills)} kills ({busy} mid-task), {len(pushed)} images checked")
 
 
-def test_redis_restarted_mid_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                 own_redis: OwnRedis, source_registry, target_registry,
-                                 fault_proxy) -> None:
+def _slow_source_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str], own_redis: OwnRedis,
+                       source_registry: RunningRegistry, fault_proxy
+                       ) -> tuple[dict, FaultProxy, ChaosFleet]:
+    """9 images behind a proxy that slows every blob GET, and two workers on `own_redis`:
+    a run of them is still copying when the test strikes."""
     pushed = seed(source_registry, repositories=3, tags=3)
     proxy = fault_proxy(source_registry)
     proxy.delay(0.3, "GET", BLOB, None)
@@ -251,8 +253,20 @@ def test_redis_restarted_mid_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
     try:
         fleet.spawn()
         fleet.spawn()
-        run_id = fleet.enqueue_run(rules(proxy.host, target_registry.host, 3),
-                                   auth(proxy.host, target_registry.host))
+    except BaseException:
+        fleet.stop_all()
+        raise
+    return pushed, proxy, fleet
+
+
+def test_redis_restarted_mid_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 own_redis: OwnRedis, source_registry, target_registry,
+                                 fault_proxy) -> None:
+    pushed, proxy, fleet = _slow_source_fleet(tmp_path, capsys, own_redis, source_registry,
+                                              fault_proxy)
+    images = rules(proxy.host, target_registry.host, 3)
+    try:
+        run_id = fleet.enqueue_run(images, auth(proxy.host, target_registry.host))
         _wait_for(lambda: proxy.count("GET", "/blobs/") >= 6, "the copies never started")
         own_redis.restart(down=1.0)
         code, out, err = fleet.wait(run_id)
@@ -269,14 +283,10 @@ def test_redis_flushed_mid_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """Everything in Redis is lost mid-run: the queue, the run, the record. What was written
     must be right; the lost run must not claim success; the same rules enqueued again end
     with every image right (the registry is the truth)."""
-    pushed = seed(source_registry, repositories=3, tags=3)
-    proxy = fault_proxy(source_registry)
-    proxy.delay(0.3, "GET", BLOB, None)
-    fleet = ChaosFleet(tmp_path, capsys, own_redis.url)
+    pushed, proxy, fleet = _slow_source_fleet(tmp_path, capsys, own_redis, source_registry,
+                                              fault_proxy)
+    images = rules(proxy.host, target_registry.host, 3)
     try:
-        fleet.spawn()
-        fleet.spawn()
-        images = rules(proxy.host, target_registry.host, 3)
         run_id = fleet.enqueue_run(images, auth(proxy.host, target_registry.host))
         _wait_for(lambda: proxy.count("GET", "/blobs/") >= 6, "the copies never started")
         fleet.redis.flushall()  # our own server: nobody else's data

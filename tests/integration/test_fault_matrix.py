@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,23 @@ def rules(source_host: str, target_host: str, prefix: str) -> dict[str, str]:
     return found
 
 
+@contextmanager
+def faulty_run(workdir: Path, source: Source, name: str, run: int, fault: FaultClass
+               ) -> Iterator[tuple[RunningRegistry, dict[str, FaultProxy]]]:
+    """A fresh target and a seeded fault proxy before each registry, the fault applied;
+    everything stopped afterwards."""
+    target = start_registry(workdir / "target")
+    proxies = {"source": FaultProxy(source.registry.url, seed=seed_of(name, run)),
+               "target": FaultProxy(target.url, seed=seed_of(name, run) + 1)}
+    try:
+        fault.apply(proxies)
+        yield target, proxies
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        target.close()
+
+
 def count_and_judge(tally, proxies: dict, target, source, failed, fault, out: str) -> None:
     """Stop the faults, count those that fired, and judge every image at the target."""
     for proxy in proxies.values():
@@ -260,19 +278,11 @@ def test_sync_under_fault(name: str, source: Source, tmp_path: Path,
     for run in range(RUNS):
         workdir = tmp_path / f"run{run}"
         workdir.mkdir()
-        target = start_registry(workdir / "target")
-        proxies = {"source": FaultProxy(source.registry.url, seed=seed_of(name, run)),
-                   "target": FaultProxy(target.url, seed=seed_of(name, run) + 1)}
-        try:
-            fault.apply(proxies)
+        with faulty_run(workdir, source, name, run, fault) as (target, proxies):
             auth = {p.host: {"insecure": True} for p in proxies.values()}
             _, out, failed = sync(workdir, rules(proxies["source"].host,
                                                  proxies["target"].host, "copy"), auth, capsys)
             count_and_judge(tally, proxies, target, source, failed, fault, out)
-        finally:
-            for proxy in proxies.values():
-                proxy.stop()
-            target.close()
     check(tally)
 
 
@@ -367,11 +377,7 @@ def test_fleet_under_fault(name: str, source: Source, fleet: Fleet, tmp_path: Pa
         fleet.redis.flushdb()  # no record of an earlier run's registry on a reused port
         workdir = tmp_path / f"run{run}"
         workdir.mkdir()
-        target = start_registry(workdir / "target")
-        proxies = {"source": FaultProxy(source.registry.url, seed=seed_of(name, run)),
-                   "target": FaultProxy(target.url, seed=seed_of(name, run) + 1)}
-        try:
-            fault.apply(proxies)
+        with faulty_run(workdir, source, name, run, fault) as (target, proxies):
             (workdir / "images.json").write_text(json.dumps(
                 rules(proxies["source"].host, proxies["target"].host, "copy")))
             (workdir / "auth.json").write_text(json.dumps(
@@ -384,10 +390,6 @@ def test_fleet_under_fault(name: str, source: Source, fleet: Fleet, tmp_path: Pa
             assert code in (EXIT_OK, EXIT_FAILED), err + fleet.log("w1") + fleet.log("w2")
             assert "migration finished" in out, "the run did not end in time: " + out + err
             count_and_judge(tally, proxies, target, source, failed, fault, out)
-        finally:
-            for proxy in proxies.values():
-                proxy.stop()
-            target.close()
     check(tally)
 
 
