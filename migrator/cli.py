@@ -258,7 +258,10 @@ def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
 
 def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from migrator.progress import ConsoleReporter
+    from migrator.registry.stream import limit_malloc_arenas
     from migrator.runner import EmbeddedRunner
+
+    limit_malloc_arenas()  # before the copying threads start
 
     settings, auth, rules = load_inputs(args, environ)
     setup_logging(args.log, args.debug)

@@ -305,6 +305,13 @@ class _ImageCopy:
         listed = self.dst.known_tags(self.dst_repo, max_age=self.settings.tag_list_ttl)
         return listed is not None and reference not in listed
 
+    def _repository_new_at_target(self) -> bool:
+        """Whether the target repository had no tag when its tag list was read for this copy:
+        then its child manifests are not worth a HEAD each (a child that is there after all, say
+        one this process pushed for another tag, is PUT again: the same bytes, one request)."""
+        return self.settings.target_tag_list and self.dst.listed_empty(
+            self.dst_repo, max_age=self.settings.tag_list_ttl)
+
     def _copy_referrers(self, digest: str) -> None:
         """Signatures, SBOMs and attestations of the image, copied right after it.
 
@@ -369,7 +376,8 @@ class _ImageCopy:
         for child in manifest.children:
             if child.digest == manifest.digest:
                 raise RegistryError(f"{self.job.source}: an index that lists itself")
-            if self.dst.head_manifest(self.dst_repo, child.digest) is not None:
+            if (not self._repository_new_at_target()
+                    and self.dst.head_manifest(self.dst_repo, child.digest) is not None):
                 continue
             child_manifest = self.src.get_manifest(self.src_repo, child.digest)
             self._copy_manifest_content(child_manifest, depth + 1)

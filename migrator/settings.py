@@ -42,7 +42,8 @@ class Settings(BaseSettings):
         64 << 20, ge=0, description="blobs larger than this go up in chunks whose session "
         "and confirmed offset are kept in the ledger, so that a broken upload resumes")
     upload_chunk_size: int = Field(
-        32 << 20, ge=1 << 16, description="bytes per PATCH of a chunked upload")
+        128 << 20, ge=1 << 16, description="bytes per PATCH of a chunked upload (each PATCH "
+        "costs the registry CPU of its own; a broken upload resends at most this much)")
     upload_session_ttl: int = Field(
         86400, ge=60, description="seconds the fleet keeps a chunked upload's session")
     max_manifest_bytes: int = Field(4 << 20, ge=1024, description="largest manifest accepted")

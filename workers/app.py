@@ -17,6 +17,7 @@ import ssl
 
 from celery import Celery
 
+from migrator.registry.stream import limit_malloc_arenas
 from migrator.settings import Settings, load_settings
 
 
@@ -52,6 +53,7 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
+limit_malloc_arenas()  # before the worker's pool threads start
 settings = load_settings()
 app = make_app(settings)
 app.conf.beat_scheduler = "workers.schedule:FileScheduler"  # reads MIGRATOR_SCHEDULE_FILE

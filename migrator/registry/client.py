@@ -178,6 +178,7 @@ class RegistryClient:
         self.referrers_api: bool | None = None  # learnt on the first referrers request
         self._tags_lock = threading.Lock()
         self._listing: dict[str, threading.Lock] = {}  # one tag listing per repository at once
+        self._listed_empty: dict[str, float] = {}  # repository → when a listing found no tag
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -384,6 +385,10 @@ class RegistryClient:
         tags = self._list_tags(repository)
         with self._tags_lock:
             self._tags[repository] = (now, tags)
+            if tags:
+                self._listed_empty.pop(repository, None)
+            else:
+                self._listed_empty[repository] = now
         return list(tags)
 
     def known_tags(self, repository: str, *, max_age: float) -> frozenset[str] | None:
@@ -401,8 +406,17 @@ class RegistryClient:
                 if getattr(exc, "status", None) != 404:
                     return None  # not allowed to list, say: a HEAD per tag it is
             with self._tags_lock:  # remember the absence too, or each copy would ask again
-                self._tags[repository] = (time.monotonic(), [])
+                now = time.monotonic()
+                self._tags[repository] = (now, [])
+                self._listed_empty[repository] = now
             return frozenset()
+
+    def listed_empty(self, repository: str, *, max_age: float) -> bool:
+        """Whether a listing at most `max_age` seconds old found the repository without any
+        tag (new, most likely), whatever this client pushed there since."""
+        with self._tags_lock:
+            listed = self._listed_empty.get(repository)
+        return listed is not None and time.monotonic() - listed < max_age
 
     def _list_tags(self, repository: str) -> list[str]:
         return self._pages(f"/v2/{repository}/tags/list", "tags", f"tag list of {repository!r}",

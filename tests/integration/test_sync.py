@@ -180,6 +180,27 @@ def test_multi_arch_index_keeps_its_digest(sync, source_registry, target_registr
     assert media_type == index.media_type
     for child in index.children:
         assert get_manifest(target_registry, "m/x", child.digest)[2] == child.digest
+    # A new repository (its tag list: NAME_UNKNOWN) holds no child manifest: no HEAD for one.
+    heads = [uri for method, uri, _ in target_registry.requests() if method == "HEAD"]
+    assert not [uri for uri in heads if "/manifests/sha256:" in uri], heads
+
+    # Into a repository with tags, each child is asked for first; one already there (amd64,
+    # shared with 1.0) is neither PUT again nor are its blobs.
+    second = push_index(
+        source_registry, "ns/multi", "2.0", media=media,
+        platforms=[("linux", "amd64", layers(7, 8)), ("linux", "arm64", layers(7, 10))])
+    mark = target_registry.mark()
+    code, out, _ = sync(
+        {f"{source_registry.host}/ns/multi:2.0": f"{target_registry.host}/m/x"},
+        insecure(source_registry, target_registry),
+    )
+    assert code == EXIT_OK, out
+    after = target_registry.requests(mark)
+    shared, new = (child.digest for child in second.children)
+    assert shared == index.children[0].digest
+    assert [m for m, uri, _ in after if uri.endswith(f"/manifests/{shared}")] == ["HEAD"]
+    assert [m for m, uri, _ in after if uri.endswith(f"/manifests/{new}")] == ["HEAD", "PUT"]
+    assert get_manifest(target_registry, "m/x", "2.0")[2] == second.digest
 
 
 def test_shared_layers_are_mounted_not_uploaded_again(sync, source_registry, target_registry):
