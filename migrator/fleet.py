@@ -26,6 +26,7 @@ from migrator.settings import Settings
 
 SYNC_TASK = "migrator.sync_image"
 EXPAND_TASK = "migrator.expand_rule"
+COALESCE = 0.05  # seconds a watcher waits after a wake-up for the changes that follow it
 SEALED, PLAIN = "sealed:", "plain:"
 
 Send = Callable[[str, list, dict], Any]
@@ -180,7 +181,8 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
             moved = now
         if state.finished or (deadline is not None and time.monotonic() > deadline):
             return state
-        time.sleep(interval)
+        if store.wait_for_change(run_id, interval):
+            time.sleep(COALESCE)  # let a burst of endings land before the next look
 
 
 def job_from_key(key: str) -> Job:

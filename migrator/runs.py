@@ -131,6 +131,7 @@ class RunStore:
             if copied_bytes:
                 pipe.hincrby(self.key(run_id), "bytes", copied_bytes)
             pipe.expire(self.key(run_id, ":ok"), self.ttl)
+            self._wake(pipe, run_id)
             pipe.execute()
 
     def remember_tasks(self, run_id: str, tasks: dict[str, tuple[str, list, dict]]) -> None:
@@ -163,6 +164,7 @@ class RunStore:
             pipe.sadd(self.key(run_id, ":ok"), *jobs)
             pipe.hdel(self.key(run_id, ":failed"), *jobs)
             pipe.expire(self.key(run_id, ":ok"), self.ttl)
+            self._wake(pipe, run_id)
             pipe.execute()
 
     def failed(self, run_id: str, job: str, reason: str) -> None:
@@ -171,6 +173,7 @@ class RunStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(self.key(run_id, ":failed"), job, reason)
             pipe.expire(self.key(run_id, ":failed"), self.ttl)
+            self._wake(pipe, run_id)
             pipe.execute()
 
     def expanded(self, run_id: str, rule: str, reason: str | None = None) -> None:
@@ -182,7 +185,21 @@ class RunStore:
                 pipe.hset(self.key(run_id, ":genfailed"), rule, reason)
                 pipe.expire(self.key(run_id, ":genfailed"), self.ttl)
             pipe.srem(self.key(run_id, ":expands"), rule)
+            self._wake(pipe, run_id)
             pipe.execute()
+
+    def _wake(self, pipe: Any, run_id: str) -> None:
+        """Tell a watcher blocked in `wait_for_change` that the run moved (one mark, kept
+        however many changes land before it looks)."""
+        key = self.key(run_id, ":wake")
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, 0)
+        pipe.expire(key, self.ttl)
+
+    def wait_for_change(self, run_id: str, timeout: float) -> bool:
+        """Block until a job or rule of the run ends, or `timeout` seconds pass: a watcher
+        learns that a run finished at once instead of at its next poll."""
+        return self.redis.blpop([self.key(run_id, ":wake")], timeout=timeout) is not None
 
     def state(self, run_id: str) -> RunState | None:
         with self.redis.pipeline(transaction=False) as pipe:

@@ -338,3 +338,20 @@ def test_a_run_that_vanishes_while_watched_ends_with_a_clear_message(store, caps
     err = capsys.readouterr().err
     assert code == 1
     assert "is no longer in Redis" in err and "Traceback" not in err
+
+
+def test_a_watcher_wakes_when_the_last_job_ends_not_at_its_next_poll(store) -> None:
+    """The run's last ending wakes `watch` (BLPOP on the run's wake key): with a poll interval
+    of 60 s, a run that ends 0.3 s in is seen as finished long before the first poll."""
+    from migrator.fleet import watch
+    from migrator.runs import RunStore
+
+    runs = RunStore(store)
+    run_id = runs.create(name="test", retries=0, jobs=["a -> b", "c -> d"], expands=[])
+    threading.Timer(0.1, runs.failed, (run_id, "c -> d", "HTTP 404")).start()
+    threading.Timer(0.3, runs.succeeded, (run_id, "a -> b")).start()
+    started = time.monotonic()
+    state = watch(runs, run_id, interval=60.0, timeout=120)
+    assert state.finished and state.succeeded == 1 and list(state.failed) == ["c -> d"]
+    assert time.monotonic() - started < 30
+    store.flushdb()
