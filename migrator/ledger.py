@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -262,6 +263,10 @@ class RedisLedger:
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
         self.upload_ttl = upload_ttl
+        self._local = _LocalLocks()
+        self._held: dict[int, Any] = {}  # the Redis locks held now, by id, for the renewer
+        self._held_guard = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def _blob_key(self, registry: str, digest: str) -> str:
         return f"{self.prefix}blob:{registry}:{digest}"
@@ -295,26 +300,40 @@ class RedisLedger:
     def blob_lock(self, registry: str, digest: str) -> Iterator[None]:
         """Held by one worker of the fleet at a time; a crashed holder's lock expires.
 
-        A waiter gives up waiting after `lock_wait` seconds and goes on anyway: a duplicate
-        upload is harmless, a fleet stuck behind a lost lock is not.
+        The threads of one process queue on a local lock first, so that a blob's lock passes
+        between them at once rather than at the next poll of Redis (shared base layers are
+        wanted by many copies at the same moment). A waiter gives up waiting after `lock_wait`
+        seconds and goes on anyway: a duplicate upload is harmless, a fleet stuck behind a
+        lost lock is not.
         """
-        lock = self.redis.lock(f"{self.prefix}lock:{registry}:{digest}", timeout=self.lock_ttl,
-                               sleep=0.2, blocking_timeout=self.lock_wait, thread_local=False)
-        acquired = lock.acquire()
-        stop = threading.Event()
-        renewer = None
-        if acquired:
-            renewer = threading.Thread(target=self._renew, args=(lock, stop), daemon=True)
-            renewer.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            if renewer is not None:
-                renewer.join()
+        with self._local.hold(registry, digest):
+            lock = self.redis.lock(f"{self.prefix}lock:{registry}:{digest}",
+                                   timeout=self.lock_ttl, sleep=0.05,
+                                   blocking_timeout=self.lock_wait, thread_local=False)
+            acquired = lock.acquire()
             if acquired:
-                with suppress(Exception):  # expired meanwhile: someone else may hold it now
-                    lock.release()
+                self._renewed(lock, True)
+            try:
+                yield
+            finally:
+                if acquired:
+                    self._renewed(lock, False)
+                    with suppress(Exception):  # expired meanwhile: someone may hold it now
+                        lock.release()
+
+    def _renewed(self, lock: Any, held: bool) -> None:
+        """Add a lock to (or drop it from) those one thread renews while they are held: most
+        are released within a second, long before a renewal, so none needs a thread of its
+        own."""
+        with self._held_guard:
+            if held:
+                self._held[id(lock)] = lock
+                if self._renewer is None:
+                    self._renewer = threading.Thread(target=self._renew_held, daemon=True,
+                                                     name="ledger-lock-renewer")
+                    self._renewer.start()
+            else:
+                self._held.pop(id(lock), None)
 
     def _upload_key(self, registry: str, repository: str, digest: str) -> str:
         return f"{self.prefix}upload:{registry}:{repository}:{digest}"
@@ -341,12 +360,17 @@ class RedisLedger:
     def close(self) -> None:
         pass  # the Redis client belongs to the caller
 
-    def _renew(self, lock: Any, stop: threading.Event) -> None:
-        while not stop.wait(self.lock_ttl / 3):
-            try:
-                lock.reacquire()
-            except Exception:  # lost it (expired under a long pause): nothing left to renew
-                return
+    def _renew_held(self) -> None:
+        while True:
+            time.sleep(self.lock_ttl / 3)
+            with self._held_guard:
+                locks = list(self._held.values())
+            for lock in locks:
+                try:
+                    lock.reacquire()
+                except Exception:  # released meanwhile, or lost (expired under a long pause)
+                    with self._held_guard:
+                        self._held.pop(id(lock), None)
 
 
 def text(value: bytes | str) -> str:

@@ -81,3 +81,28 @@ def test_a_crashed_holder_loses_the_lock_when_its_ttl_ends(ledger, prefix):
         assert waited < 5.0
     finally:
         holder.kill()
+
+
+def test_threads_of_one_process_queue_locally_not_on_redis(ledger, redis_client):
+    """While one thread holds a blob's lock for a second, another thread of the same process
+    waits on a local lock: it does not poll Redis (SET NX every 50 ms would be ~20 tries)."""
+    import threading
+
+    def set_calls() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
+
+    held = threading.Event()
+
+    def hold() -> None:
+        with ledger.blob_lock("reg", DIGEST):
+            held.set()
+            time.sleep(1.0)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    before = set_calls()
+    with ledger.blob_lock("reg", DIGEST):
+        pass
+    holder.join()
+    assert set_calls() - before <= 3  # the waiter's one SET NX, with room for a stray client
