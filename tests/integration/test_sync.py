@@ -220,6 +220,27 @@ def test_shared_layers_are_mounted_not_uploaded_again(sync, source_registry, tar
     assert len(uploads) == 2  # the new layer and the new config only
 
 
+def test_a_stale_mount_source_falls_back_to_an_upload(sync, source_registry, target_registry):
+    """The record says a repository of the target holds the blobs; the registry has none
+    there: each mount opens an upload session instead, and the blob goes up through it."""
+    from migrator.ledger import SQLiteLedger
+
+    pushed = push_image(source_registry, "ns/stale", "1", layers=layers(72, 73))
+    ledger = SQLiteLedger(sync.dir / "state" / "ledger.sqlite")
+    for digest in pushed.blobs:
+        ledger.add_blob(target_registry.host, digest, "ghost/repo")
+    ledger.close()
+    code, out, _ = sync({f"{source_registry.host}/ns/stale:1": f"{target_registry.host}/t/stale"},
+                        insecure(source_registry, target_registry))
+    assert code == EXIT_OK, out
+    requests = target_registry.requests()
+    mounts = [status for method, uri, status in requests
+              if method == "POST" and ("from=ghost%2Frepo" in uri or "from=ghost/repo" in uri)]
+    assert mounts == [202] * len(pushed.blobs)
+    assert [m for m, *_ in requests].count("POST") == len(pushed.blobs)  # no second session
+    assert get_manifest(target_registry, "t/stale", "1")[2] == pushed.digest
+
+
 def test_second_run_writes_nothing_and_costs_one_head_per_tag(
     sync, source_registry, target_registry
 ):
