@@ -196,6 +196,21 @@ def synced_immutable(job: Job, ledger: Ledger | ReadOnlyLedger, immutable_tags: 
     return ledger.manifest(target_key(job, "", job.platforms or platforms))
 
 
+def unchanged_on_record(job: Job, clients: Clients, ledger: Ledger | ReadOnlyLedger,
+                        platforms: frozenset[str] = frozenset()) -> bool:
+    """Whether the source tag still names the manifest that the ledger says was synced from it:
+    a copy that trusts the ledger would stop there ("up to date"), so the fleet sends it no
+    task. One source HEAD; none when nothing is on record."""
+    if job.source.digest or not job.source.tag:
+        return False
+    record = ledger.manifest(target_key(job, "", job.platforms or platforms))
+    if record is None:
+        return False
+    source = clients.get(job.source.registry, job.source.repository)
+    head = source.head_manifest(job.source.repository, job.source.manifest_ref)
+    return head is not None and head[0] == record.source_digest
+
+
 def target_key(job: Job, source_digest: str, platforms: frozenset[str] = frozenset()) -> str:
     """The ledger's name of a target manifest: the tag, or the digest when pushed by digest;
     with the platform filter, which makes another index of the same source."""

@@ -18,7 +18,13 @@ import redis
 from celery import Task
 
 from migrator.auth import AuthFile, load_auth, merge
-from migrator.copy import ClientPool, Clients, copy_image, synced_immutable
+from migrator.copy import (
+    ClientPool,
+    Clients,
+    copy_image,
+    synced_immutable,
+    unchanged_on_record,
+)
 from migrator.errors import MigratorError, RetryableError
 from migrator.fleet import (
     EXPAND_TASK,
@@ -159,6 +165,11 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
     # after a crash between recording and sending, its jobs must still be sent. A job sent
     # twice is harmless (copies are idempotent and counted once).
     unfinished = ctx.runs.unfinished(run_id, keys)
+    if ctx.settings.trust_ledger:
+        unchanged = _unchanged(ctx, run_id, [job for job in jobs if str(job) in unfinished],
+                               platforms)
+        ctx.runs.up_to_date(run_id, unchanged)
+        unfinished -= set(unchanged)
     tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
                         job_kwargs(job, retries, options))
              for job in jobs if str(job) in unfinished}
@@ -170,7 +181,27 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
     ctx.runs.expanded(run_id, rule["rule"])
 
 
-CATALOG_THREADS = 8  # tag lists read at once by one catalog expansion
+CATALOG_THREADS = 8  # tag lists read (or tags asked about) at once by one expansion
+
+
+def _unchanged(ctx: WorkerContext, run_id: str, jobs: list[Job],
+               platforms: frozenset[str]) -> list[str]:
+    """The jobs whose source tag still names what the ledger says was synced: done without a
+    task (a re-sync of an unchanged repository is one source HEAD per tag and no message).
+    A HEAD that fails sends the job's task as usual, which retries and reports."""
+    if not jobs:
+        return []
+    clients = ctx.clients(run_id)
+
+    def unchanged(job: Job) -> bool:
+        try:
+            return unchanged_on_record(job, clients, ctx.ledger, platforms)
+        except MigratorError:
+            return False
+
+    with ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="expand") as pool:
+        return [str(job) for job, same in zip(jobs, pool.map(unchanged, jobs), strict=True)
+                if same]
 
 
 def _expand_catalog(run_id: str, rule: Rule, clients: Clients

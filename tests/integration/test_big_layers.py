@@ -151,10 +151,16 @@ def test_download_cut_resumes_with_a_range_request(
 
 
 def test_worker_killed_mid_upload_resumes_on_another_worker(
-        tmp_path: Path, capsys, source_registry, target_registry, big_layer) -> None:
+        tmp_path: Path, capsys, source_registry, target_registry, fault_proxy,
+        big_layer) -> None:
     """Behind a front that buffers request bodies (nginx's default), a worker killed with
     SIGKILL mid-PATCH loses the chunk in flight only: the redelivered task resumes."""
     push_image(source_registry, "big/four", "v1", layers=[big_layer])
+    # The first download at ~30 MiB/s: a PATCH lasts about a second, so the kill lands inside
+    # one (a PATCH whose whole body reached the registry before the kill is another case).
+    source = fault_proxy(source_registry)
+    source.trickle(1 << 20, 0.03, path=sha256_digest(big_layer), times=1)
+    source_host = source.url.split("://")[1]
     front = Front(target_registry.url, lambda method, path: None)
     url = f"redis://127.0.0.1:6379/{BIG_DB}"
     store = redis.Redis.from_url(url)
@@ -162,8 +168,8 @@ def test_worker_killed_mid_upload_resumes_on_another_worker(
     fleet = Fleet(tmp_path, capsys, redis_url=url)
     fleet.env.update(CHUNKS)
     try:
-        fleet.write({f"{source_registry.host}/big/four:v1": f"{front.host}/big/four:v1"},
-                    {source_registry.host: {"insecure": True}, front.host: {"insecure": True}})
+        fleet.write({f"{source_host}/big/four:v1": f"{front.host}/big/four:v1"},
+                    {source_host: {"insecure": True}, front.host: {"insecure": True}})
         fleet.start_worker("first")
         code, out, _ = fleet.enqueue()
         run_id = out.strip()
