@@ -154,7 +154,10 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
           timeout: float | None = None, resend: Send | None = None,
           stalled_after: float = 3600.0,
           on_resend: Callable[[int], None] | None = None) -> RunState:
-    """Poll a run until it is finished (or `timeout` seconds pass); returns its last state.
+    """Follow a run until it is finished (or `timeout` seconds pass); returns its last state.
+
+    Each job or rule that ends wakes the watcher; `interval` bounds the wait between looks
+    (a second watcher of the same run, whose wake-up the first one took, looks that often).
 
     With `resend`: when nothing has ended for `stalled_after` seconds, the run's unfinished
     tasks are sent again. Celery's Redis transport loses a message whose worker is killed

@@ -12,6 +12,8 @@ derived, never stored twice:
     {p}run:{id}:genfailed  HASH  rule → reason, for rules that could not be expanded
     {p}run:{id}:auth       the run's credentials, sealed (see migrator.auth.seal), or their
                            non-secret part (insecure flags) when no key is shared
+    {p}run:{id}:tasks      HASH  task or rule → the message sent for it, to send it again
+    {p}run:{id}:wake       LIST  one mark pushed by each ending, popped by a watcher
     {p}runs                ZSET  run id by creation time, for `migrator status`
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 
 from migrator.ledger import text
 
-SUFFIXES = ("", ":jobs", ":ok", ":failed", ":expands", ":genfailed", ":auth", ":tasks")
+SUFFIXES = ("", ":jobs", ":ok", ":failed", ":expands", ":genfailed", ":auth", ":tasks", ":wake")
 
 
 def new_run_id() -> str:
