@@ -30,7 +30,7 @@ from migrator.errors import DigestMismatch, MigratorError, RegistryError, Transp
 from migrator.ledger import Ledger, UploadSession
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import Descriptor
-from migrator.registry.stream import PIECE, Pace
+from migrator.registry.stream import Pace, read_block
 from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,7 @@ class ResumableBlobReader:
                 self._open()
             assert self._response is not None
             try:
-                # read1: one receive at a time, so that a server dripping bytes is seen by
-                # the pace check instead of holding a read open for ever.
-                data = self._response.raw.read1(min(amount, PIECE), decode_content=False)
-                self._pace.add(len(data))
+                data = read_block(self._response, amount, self._pace)
             except (urllib3.exceptions.HTTPError, OSError, TransportError) as exc:
                 data, error = b"", f"{type(exc).__name__}"
             else:
