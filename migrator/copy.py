@@ -388,14 +388,20 @@ class _ImageCopy:
             return
         if depth >= MAX_INDEX_DEPTH:
             raise RegistryError(f"{self.job.source}: indexes nested deeper than {depth} levels")
+        missing: list[tuple[Descriptor, Manifest]] = []
         for child in manifest.children:
             if child.digest == manifest.digest:
                 raise RegistryError(f"{self.job.source}: an index that lists itself")
             if (not self._repository_new_at_target()
                     and self.dst.head_manifest(self.dst_repo, child.digest) is not None):
                 continue
-            child_manifest = self.src.get_manifest(self.src_repo, child.digest)
-            self._copy_manifest_content(child_manifest, depth + 1)
+            missing.append((child, self.src.get_manifest(self.src_repo, child.digest)))
+        # The blobs of every platform at once, not one platform after the other.
+        self._copy_blobs(tuple(blob for _, child_manifest in missing
+                               if not child_manifest.is_index for blob in child_manifest.blobs))
+        for child, child_manifest in missing:
+            if child_manifest.is_index:
+                self._copy_manifest_content(child_manifest, depth + 1)
             if not self.dry_run:
                 self._put(child_manifest, child.digest)
 
