@@ -26,12 +26,12 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 import yaml
 
 from migrator.settings import Settings
 from tests.support.images import get_manifest, make_layer, push_image
+from tests.support.redisdb import flushed_db
 
 ROOT = Path(__file__).resolve().parents[2]
 DB = 14  # our own Redis database: flushed before and after, never FLUSHALL
@@ -161,11 +161,8 @@ def celery_argv(argv: list[str]) -> list[str]:
 
 @pytest.fixture
 def redis14():
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_db(REDIS_URL) as client:
+        yield client
 
 
 # -- docker-compose.yml ---------------------------------------------------------------------

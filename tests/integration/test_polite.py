@@ -24,6 +24,7 @@ from migrator.throttle import LocalThrottle, RedisThrottle, parse_rate_limit
 from tests.integration.test_fleet import Fleet
 from tests.support.front import Front
 from tests.support.images import get_manifest, make_layer, push_image
+from tests.support.redisdb import flushed_db
 
 POLITE_DB = 6
 MANIFESTS = ", ".join([
@@ -35,11 +36,8 @@ REDIS_URL = f"redis://127.0.0.1:6379/{POLITE_DB}"
 
 @pytest.fixture
 def store() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_db(REDIS_URL) as client:
+        yield client
 
 
 class Impatient:

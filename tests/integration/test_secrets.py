@@ -39,6 +39,7 @@ from cryptography.fernet import Fernet
 from migrator.cli import EXIT_FAILED, EXIT_OK, main
 from migrator.settings import load_settings
 from tests.support.images import get_manifest, make_layer, push_image
+from tests.support.redisdb import flushed_db
 from tests.support.tokens import TokenIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,11 +49,8 @@ USER = "tester"
 
 @pytest.fixture
 def db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_db(REDIS_URL) as client:
+        yield client
 
 
 class Processes:
