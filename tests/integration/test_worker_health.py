@@ -134,7 +134,9 @@ def test_a_stalled_copy_fails_liveness_and_the_metrics_count_copies(
     assert code == EXIT_OK
     run_id = out.strip()
     wait_for(lambda: proxy.fired)
-    assert metrics(port)["migrator_tasks_in_progress"] == 1
+    # The stalled copy, once the task of the missing tag has failed (on a loaded machine it
+    # may still be ending when the stall begins); the stall lasts 5 s.
+    wait_for(lambda: metrics(port)["migrator_tasks_in_progress"] == 1, timeout=4)
     time.sleep(2.0)
     # The probe's own code, in this process: a loaded machine may take seconds to start the
     # probe's Python, and the copy resumes 5 s after it stalled.
