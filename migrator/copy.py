@@ -193,6 +193,12 @@ def synced_immutable(job: Job, ledger: Ledger | ReadOnlyLedger, immutable_tags: 
     """The ledger's record of an immutable tag already synced (then no request is needed)."""
     if not is_immutable(job, immutable_tags):
         return None
+    return _tag_record(job, ledger, platforms)
+
+
+def _tag_record(job: Job, ledger: Ledger | ReadOnlyLedger,
+                platforms: frozenset[str]) -> ManifestRecord | None:
+    """The ledger's record of the job's target tag (its digest is not needed to name it)."""
     return ledger.manifest(target_key(job, "", job.platforms or platforms))
 
 
@@ -203,7 +209,7 @@ def unchanged_on_record(job: Job, clients: Clients, ledger: Ledger | ReadOnlyLed
     task. One source HEAD; none when nothing is on record."""
     if job.source.digest or not job.source.tag:
         return False
-    record = ledger.manifest(target_key(job, "", job.platforms or platforms))
+    record = _tag_record(job, ledger, platforms)
     if record is None:
         return False
     source = clients.get(job.source.registry, job.source.repository)
@@ -389,10 +395,11 @@ class _ImageCopy:
         if depth >= MAX_INDEX_DEPTH:
             raise RegistryError(f"{self.job.source}: indexes nested deeper than {depth} levels")
         missing: list[tuple[Descriptor, Manifest]] = []
+        new_repository = self._repository_new_at_target()
         for child in manifest.children:
             if child.digest == manifest.digest:
                 raise RegistryError(f"{self.job.source}: an index that lists itself")
-            if (not self._repository_new_at_target()
+            if (not new_repository
                     and self.dst.head_manifest(self.dst_repo, child.digest) is not None):
                 continue
             missing.append((child, self.src.get_manifest(self.src_repo, child.digest)))

@@ -78,9 +78,10 @@ class ConsoleReporter:
     def image_done(self, job: Job, result: CopyResult | None, error: str | None) -> None:
         # Per job, its last outcome: a retry pass must not count an image twice.
         with self._lock:
-            self._outcomes[job] = error is None
+            before = self._outcomes.get(job)
+            self._outcomes[job] = ok = error is None
             self.done = len(self._outcomes)
-            self.failed = sum(1 for ok in self._outcomes.values() if not ok)
+            self.failed += (not ok) - (before is False)  # counted, not re-summed per image
         self._refresh()
 
     def set_counts(self, *, total: int, done: int, failed: int, copied_bytes: int) -> None:

@@ -383,13 +383,16 @@ class RegistryClient:
         if cached and now - cached[0] < max_age:
             return list(cached[1])
         tags = self._list_tags(repository)
+        self._remember_listing(repository, now, tags)
+        return list(tags)
+
+    def _remember_listing(self, repository: str, when: float, tags: list[str]) -> None:
         with self._tags_lock:
-            self._tags[repository] = (now, tags)
+            self._tags[repository] = (when, tags)
             if tags:
                 self._listed_empty.pop(repository, None)
             else:
-                self._listed_empty[repository] = now
-        return list(tags)
+                self._listed_empty[repository] = when
 
     def known_tags(self, repository: str, *, max_age: float) -> frozenset[str] | None:
         """The repository's tags from a listing at most `max_age` seconds old, read once per
@@ -405,10 +408,8 @@ class RegistryClient:
                     raise
                 if getattr(exc, "status", None) != 404:
                     return None  # not allowed to list, say: a HEAD per tag it is
-            with self._tags_lock:  # remember the absence too, or each copy would ask again
-                now = time.monotonic()
-                self._tags[repository] = (now, [])
-                self._listed_empty[repository] = now
+            # Remember the absence too, or each copy would ask again.
+            self._remember_listing(repository, time.monotonic(), [])
             return frozenset()
 
     def listed_empty(self, repository: str, *, max_age: float) -> bool:
