@@ -37,7 +37,7 @@ from migrator.reference import (
 )
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-_SECRET_FIELDS = ("username", "password")  # the fields that may name an environment variable
+SECRET_FIELDS = ("username", "password")  # the fields that may name an environment variable
 
 
 class RegistryAuth(BaseModel):
@@ -135,6 +135,19 @@ def _normalize_key(key: str) -> str:
     return "/".join([registry, *parts[1:]])
 
 
+def _expand_key(key: str, environ: Mapping[str, str]) -> str:
+    """A key written `$REGISTRY` or `${REGISTRY}` (files filled in by CI) from the
+    environment."""
+    match = _ENV_REFERENCE.fullmatch(key)
+    if match is None:
+        return key
+    variable = match.group(1) or match.group(2)
+    value = environ.get(variable, "").strip()
+    if not value:
+        raise ReferenceError(f"environment variable {variable} is not set or empty")
+    return value
+
+
 def _field_problem(where: str, error: dict) -> str:
     name = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
@@ -182,13 +195,19 @@ def _parse_entry(
             problems.append(f"{where}: unknown key {quote(name)}")
             ok = False
             continue
-        if name in _SECRET_FIELDS and isinstance(item, str):
+        if name in SECRET_FIELDS and isinstance(item, str):
             match = _ENV_REFERENCE.fullmatch(item)
-            if match:
+            if item.startswith("$$"):
+                item = item[1:]  # `$$oauthtoken` is the literal `$oauthtoken` (nvcr.io's user)
+            elif match:
                 variable = match.group(1) or match.group(2)
                 item = environ.get(variable)
                 if item is None:
-                    problems.append(f"{where}: {name}: environment variable {variable} is not set")
+                    # `$oauthtoken` (nvcr.io's user name) is meant literally more often than not
+                    literal = ("" if match.group(1) else
+                               f" (for a literal '$', write '$$': {quote('$' + match.group(0))})")
+                    problems.append(f"{where}: {name}: environment variable {variable} is not "
+                                    f"set{literal}")
                     refused.add(name)
                     ok = False
                     continue
@@ -238,19 +257,27 @@ def load_auth(
     if path is None:
         return AuthFile("")
     name = os.fspath(path)
-    document = load_document(name, required=required, raw_text_keys=frozenset(_SECRET_FIELDS))
+    document = load_document(name, required=required, raw_text_keys=frozenset(SECRET_FIELDS))
     if document.problems:
         raise ConfigError(document.problems)
     if not document.found or document.data is None:
         return AuthFile(name)
-    data = document.data
+    return parse_auth(document.data, name=name, environ=environ,
+                      base_dir=os.path.dirname(os.path.abspath(name)))
+
+
+def parse_auth(data: object, *, name: str, environ: Mapping[str, str], base_dir: str) -> AuthFile:
+    """Validate already-loaded auth data (an auth file's, or the `auth:` of a combined
+    `--config` file); raise one ConfigError with every problem. `name` starts each problem;
+    `base_dir` is where a relative `ca_file` is found."""
+    if data is None:
+        return AuthFile(name)
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{name}: the top level must be a mapping of registry to credentials, "
             f"not {describe_type(data)}"
         )
     problems = [duplicate_problem(name, key, line) for key, line in duplicate_keys(data)]
-    base_dir = os.path.dirname(os.path.abspath(name))
     entries: dict[str, RegistryAuth] = {}
     written_as: dict[str, str] = {}
     for key, value in data.items():
@@ -260,15 +287,9 @@ def load_auth(
             continue
         normalized = None
         try:
-            normalized = _normalize_key(key)
+            normalized = _normalize_key(_expand_key(key, environ))
         except ReferenceError as exc:
             problems.append(f"{where}: invalid key: {exc}")
-        if normalized is not None:
-            if normalized in written_as:
-                problems.append(f"{where}: same registry as {quote(written_as[normalized])}")
-                normalized = None
-            else:
-                written_as[normalized] = key
         if value is None:
             value = {}  # YAML `quay.io/coreos:` with nothing after it: anonymous
         if not isinstance(value, Mapping):
@@ -281,8 +302,17 @@ def load_auth(
             duplicate_problem(where, inner, line) for inner, line in duplicate_keys(value)
         )
         auth = _parse_entry(where, value, environ=environ, base_dir=base_dir, problems=problems)
-        if auth is not None and normalized is not None:
-            entries[normalized] = auth
+        if auth is None or normalized is None:
+            continue
+        if normalized in written_as:
+            # Real files name Docker Hub under each of its names with the same credentials:
+            # the same entry twice is harmless; two different ones leave no way to choose.
+            if entries[normalized] != auth:
+                problems.append(f"{where}: same registry as {quote(written_as[normalized])}, "
+                                "with other settings: keep one of the two")
+            continue
+        written_as[normalized] = key
+        entries[normalized] = auth
     if problems:
         raise ConfigError(problems)
     return AuthFile(name, entries)

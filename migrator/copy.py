@@ -12,6 +12,11 @@ The order, and why:
    knows one, else streamed GET → PUT with the digest checked on the way.
 6. The manifest last, as the raw bytes with their media type: a target tag never points at a
    manifest whose blobs are missing, and digests are preserved.
+
+With a platform filter, a single-platform image whose config names another platform is
+skipped (outcome "skipped"), as image-syncer does: neither copied nor failed. With `force`
+(image-syncer's `--force`), steps 2 and 4's "already there" answers are ignored: every manifest
+is PUT again, while blobs the target holds are still skipped.
 """
 
 from __future__ import annotations
@@ -35,14 +40,17 @@ from migrator.errors import (
     RegistryError,
     RetryableError,
 )
-from migrator.ledger import Ledger, ManifestRecord, UploadSession
+from migrator.ledger import HELD, BlobLock, Ledger, ManifestRecord, UploadSession
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import (
+    IMAGE_CONFIG_TYPES,
     OCI_INDEX,
     Descriptor,
     Manifest,
+    config_platform,
     filter_index,
     parse_manifest,
+    platform_matches,
 )
 from migrator.registry.stream import VerifyingReader
 from migrator.rules import Job
@@ -79,8 +87,8 @@ class ReadOnlyLedger:
     def forget_manifest(self, target: str) -> None:
         pass
 
-    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
-        return nullcontext()
+    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:
+        return nullcontext(HELD)
 
     def upload_session(self, registry: str, repository: str, digest: str
                        ) -> UploadSession | None:
@@ -128,7 +136,7 @@ class Clients:
 @dataclass
 class CopyResult:
     job: Job
-    outcome: Literal["copied", "up-to-date", "planned"] = "copied"
+    outcome: Literal["copied", "up-to-date", "planned", "skipped"] = "copied"
     source_digest: str = ""
     target_digest: str = ""
     blobs_copied: int = 0
@@ -137,7 +145,8 @@ class CopyResult:
     bytes_copied: int = 0
     new_blobs: dict[str, int] = field(default_factory=dict)  # dry run: digest → size to upload
     referrers: list[str] = field(default_factory=list)  # tags copied as the image's referrers
-    note: str = ""  # what a user should know about this copy (e.g. a digest that changed)
+    # what a user should know about this copy (a digest that changed, why it was skipped)
+    note: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, kind: Literal["copied", "mounted", "skipped"], size: int = 0) -> None:
@@ -158,27 +167,31 @@ def copy_image(
     platforms: frozenset[str] = frozenset(),
     referrers: bool = True,
     immutable_tags: str | None = None,
+    force: bool = False,
 ) -> CopyResult:
     """Copy one image (a tag or a digest, single- or multi-platform) from source to target.
 
     With `dry_run`, only read: the result counts the blobs that would be uploaded, mounted or
-    found, and nothing is written to the target or the ledger. `platforms` (`os/arch[/variant]`;
-    the job's own, from its rule, come first) keeps only those children of an index, which
-    then gets a digest of its own. `referrers`
+    found, and nothing is written to the target or the ledger. `platforms` (`os/arch[/variant]`,
+    os or arch may be `*`; the job's own, from its rule, come first) keeps only those children
+    of an index, which then gets a digest of its own, and skips a single-platform image whose
+    config names another platform (outcome "skipped", the reason in `note`). `referrers`
     copies the signatures, SBOMs and attestations found for the image with it. A tag that
     `immutable_tags` (a regex, full match) names and that the ledger holds as synced is up to
-    date without a request.
+    date without a request. `force` PUTs every manifest of the image (the index, each child)
+    even when the target, the ledger or the tag list says it is there; blobs the target holds
+    are still not uploaded again.
     """
     if dry_run:
         ledger = ReadOnlyLedger(ledger)
     chosen = job.platforms or platforms
-    known = synced_immutable(job, ledger, immutable_tags, chosen)
+    known = None if force else synced_immutable(job, ledger, immutable_tags, chosen)
     if known is not None:
         log.info("up to date %s (immutable tag on record)", job)
         return CopyResult(job, outcome="up-to-date", target_digest=known.target_digest,
                           source_digest=known.source_digest)
     return _ImageCopy(job, clients, ledger, settings, blob_pool, on_bytes, dry_run,
-                      chosen, referrers).run()
+                      chosen, referrers, force).run()
 
 
 def is_immutable(job: Job, immutable_tags: str | None) -> bool:
@@ -239,9 +252,11 @@ class _ImageCopy:
         dry_run: bool = False,
         platforms: frozenset[str] = frozenset(),
         referrers: bool = False,
+        force: bool = False,
     ) -> None:
         self.job = job
         self.dry_run = dry_run
+        self.force = force
         self.platforms = platforms
         self.referrers = referrers
         self.clients = clients
@@ -260,9 +275,9 @@ class _ImageCopy:
         manifest: Manifest | None = None
         if job.source.digest:
             source_digest = job.source.digest
-        elif self.ledger.manifest(target_key(job, "", self.platforms)) is None:
-            # Nothing on record: the manifest will most likely be needed, and one GET gives
-            # both its digest and its bytes where a HEAD and a GET would be two requests.
+        elif self.force or self.ledger.manifest(target_key(job, "", self.platforms)) is None:
+            # Nothing on record (or force): the manifest will most likely be needed, and one
+            # GET gives both its digest and its bytes where a HEAD and a GET would be two.
             manifest = self.src.get_manifest(self.src_repo, job.source.manifest_ref)
             source_digest = manifest.digest
         else:
@@ -275,18 +290,25 @@ class _ImageCopy:
         key = target_key(job, source_digest, self.platforms)
 
         record = self.ledger.manifest(key)
-        vouched = record is not None and record.source_digest == source_digest
+        # Under force the record vouches for nothing: the manifests are PUT whatever it says.
+        vouched = (not self.force and record is not None
+                   and record.source_digest == source_digest)
         if vouched and self.settings.trust_ledger:
             return self._up_to_date(record.target_digest)  # type: ignore[union-attr]
         # What the target tag must point at: the source's manifest, or its filtered index.
         expected = {record.target_digest} if vouched and record else {source_digest}
+        # A record of this source digest under this filter means it passed the filter then.
         if self.platforms and not vouched:
             manifest = manifest or self.src.get_manifest(self.src_repo, source_digest)
             if manifest.is_index:
                 manifest = filter_index(manifest, self.platforms)
                 expected = {manifest.digest}
+            else:
+                other = self._other_platform(manifest)
+                if other:
+                    return self._skipped(other)
         head = None
-        if record is not None or not self._absent_at_target(target_ref):
+        if not self.force and (record is not None or not self._absent_at_target(target_ref)):
             head = self.dst.head_manifest(self.dst_repo, target_ref)
         if head is not None and head[0] in expected | {source_digest}:
             self.ledger.record_manifest(key, ManifestRecord(source_digest, head[0]))
@@ -341,8 +363,15 @@ class _ImageCopy:
         of the referring manifests) and cosign's `sha256-<hex>.sig/.att/.sbom`. Referrers found
         through the API are pushed by digest; a target without the API gets them listed in its
         tag-schema index, so that clients find them there.
+
+        The image is in place by now: a source that will not say what refers to it (an account
+        that may pull but not list tags) leaves a note, not a failed copy.
         """
-        found = self.src.referrers(self.src_repo, digest)
+        try:
+            found = self.src.referrers(self.src_repo, digest)
+        except (RegistryError, AuthError, RetryableError) as exc:
+            self._referrers_unknown(exc)
+            found = None
         if found:
             for descriptor in found:
                 self._copy_by_digest(descriptor.digest)
@@ -350,7 +379,12 @@ class _ImageCopy:
             if self.dst.referrers(self.dst_repo, digest) is None:
                 self._index_referrers(digest, found)
         prefix = digest.replace(":", "-", 1)
-        listed = self.src.list_tags(self.src_repo, max_age=self.settings.tag_list_ttl)
+        try:
+            listed = self.src.list_tags(self.src_repo, max_age=self.settings.tag_list_ttl)
+        except (RegistryError, AuthError, RetryableError) as exc:
+            # Even a transient fault: a retry would find the image up to date and not look.
+            self._referrers_unknown(exc)
+            listed = []
         tags = [tag for tag in listed if tag == prefix or tag.startswith(prefix + ".")]
         for tag in sorted(tags):
             referrer = Job(self.job.source.with_tag(tag), self.job.target.with_tag(tag),
@@ -361,6 +395,11 @@ class _ImageCopy:
         if self.result.referrers:
             log.info("%s: copied %d referrers (%s)", self.job, len(self.result.referrers),
                      ", ".join(self.result.referrers))
+
+    def _referrers_unknown(self, error: Exception) -> None:
+        note = f"its referrers (signatures, SBOMs) could not be looked up: {error}"
+        log.warning("%s: %s", self.job, note)
+        self.result.note = f"{self.result.note}; {note}" if self.result.note else note
 
     def _copy_by_digest(self, digest: str) -> None:
         job = Job(self.job.source.with_tag(None).with_digest(digest),
@@ -381,6 +420,31 @@ class _ImageCopy:
                            "manifests": entries}).encode()
         self.dst.put_manifest(self.dst_repo, tag, parse_manifest(body, OCI_INDEX))
 
+    def _other_platform(self, manifest: Manifest) -> str:
+        """The platform a single-platform image's config names when the filter does not
+        want it, else "". Only an image config names one: an artifact (a signature, a Helm
+        chart), a config without os/architecture, or one too large to be a config, is
+        copied as before."""
+        config = manifest.config
+        if config is None or config.media_type not in IMAGE_CONFIG_TYPES:
+            return ""
+        limit = self.settings.max_manifest_bytes
+        if config.size > limit:
+            log.warning("%s: config %s of %d bytes not read for its platform: copied "
+                        "whatever the filter", self.job, config.digest, config.size)
+            return ""
+        platform = config_platform(self.src.read_blob(self.src_repo, config.digest, limit))
+        if not platform or platform_matches(platform, self.platforms):
+            return ""
+        return platform
+
+    def _skipped(self, platform: str) -> CopyResult:
+        self.result.outcome = "skipped"
+        self.result.note = (f"skipped: platform {platform} is not among "
+                            f"{', '.join(sorted(self.platforms))}")
+        log.info("%s: %s", self.job, self.result.note)
+        return self.result
+
     def _up_to_date(self, target_digest: str) -> CopyResult:
         self.result.outcome = "up-to-date"
         self.result.target_digest = target_digest
@@ -395,12 +459,12 @@ class _ImageCopy:
         if depth >= MAX_INDEX_DEPTH:
             raise RegistryError(f"{self.job.source}: indexes nested deeper than {depth} levels")
         missing: list[tuple[Descriptor, Manifest]] = []
-        new_repository = self._repository_new_at_target()
+        # Under force every child is PUT again, so asking whether it is there is no use.
+        ask = not self.force and not self._repository_new_at_target()
         for child in manifest.children:
             if child.digest == manifest.digest:
                 raise RegistryError(f"{self.job.source}: an index that lists itself")
-            if (not new_repository
-                    and self.dst.head_manifest(self.dst_repo, child.digest) is not None):
+            if ask and self.dst.head_manifest(self.dst_repo, child.digest) is not None:
                 continue
             missing.append((child, self.src.get_manifest(self.src_repo, child.digest)))
         # The blobs of every platform at once, not one platform after the other.
@@ -448,8 +512,12 @@ class _ImageCopy:
             return
         # Single flight: if another copy is moving this blob into this registry, wait for it and
         # then mount or skip instead of uploading the same bytes twice.
-        with self.ledger.blob_lock(registry, digest):
+        with self.ledger.blob_lock(registry, digest) as held:
             holders = self.ledger.blob_repositories(registry, digest)
+            if holders and held.lost():
+                # Another copy may be moving this blob now: the ledger's word is not enough to
+                # skip or mount. Ask the target (below), upload if it lacks the blob.
+                holders = set()
             if self.dst_repo in holders:
                 self.result.count("skipped")
                 return

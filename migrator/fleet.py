@@ -130,7 +130,8 @@ def start_run(
 ) -> StartedRun:
     """Record the run, then send one task per known image and one per rule to expand.
 
-    `options` (plain JSON: platforms, referrers) reach every copy of the run as task kwargs.
+    `options` (plain JSON: platforms, referrers, immutable_tags, force) reach every copy of the
+    run as task kwargs, and every expansion, which sends them on with the tasks it makes.
     """
     options = options or {}
     jobs = list(dict.fromkeys(job for rule in rules if not rule.needs_tag_list

@@ -39,6 +39,7 @@ from migrator.errors import (
     ConfigError,
 )
 from migrator.reference import (
+    MAX_NAME_LENGTH,
     Reference,
     ReferenceError,
     check_registry,
@@ -600,6 +601,9 @@ def target_repository(source: Reference, repo: str, *, keep_namespace: bool) -> 
     else:
         name = source.repository.rsplit("/", 1)[-1]
     check_repository(f"{repo.partition('/')[2]}/{name}")  # a long dashed name may not fit
+    if len(f"{repo}/{name}") > MAX_NAME_LENGTH:
+        raise ReferenceError(f"name longer than {MAX_NAME_LENGTH} characters, registry "
+                             f"included ({len(repo) + 1 + len(name)})")
     return f"{repo}/{name}"
 
 
@@ -692,11 +696,6 @@ def _leave_out(
         seen = tuple(found[reference])
         if _in_repo(reference, repo):
             reason = f"already in the target {repo}"
-        elif "/" not in reference.repository:
-            # Rule 3 of the images file: a source names registry/namespace/repository.
-            reason = ("no namespace between registry and repository: the images file cannot "
-                      "name it as a source (registry/namespace/repository); copy it another "
-                      "way")
         elif not include_old_revisions and all(s.old_revision for s in seen):
             reason = ("only in past revisions of a Deployment (ReplicaSets scaled to 0): "
                       "--include-old-revisions copies them too")

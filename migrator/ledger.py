@@ -14,6 +14,7 @@ for `migrator sync --state DIR`, and Redis, shared by the fleet.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -23,6 +24,8 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,18 @@ class UploadSession:
     offset: int
 
 
+class BlobLock:
+    """What `Ledger.blob_lock` yields: whether the lock is still its holder's. While it is, no
+    other copy is moving the blob into that registry, so the ledger's word that a repository
+    holds it is enough to skip or mount. A process-local lock cannot be lost."""
+
+    def lost(self) -> bool:
+        return False
+
+
+HELD = BlobLock()
+
+
 class Ledger(Protocol):
     def blob_repositories(self, registry: str, digest: str) -> set[str]: ...
 
@@ -52,7 +67,7 @@ class Ledger(Protocol):
 
     def forget_manifest(self, target: str) -> None: ...
 
-    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]: ...
+    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]: ...
 
     def upload_session(self, registry: str, repository: str, digest: str
                        ) -> UploadSession | None: ...
@@ -72,14 +87,14 @@ class _LocalLocks:
         self._locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
 
     @contextmanager
-    def hold(self, registry: str, digest: str) -> Iterator[None]:
+    def hold(self, registry: str, digest: str) -> Iterator[BlobLock]:
         key = (registry, digest)
         with self._guard:
             lock, users = self._locks.get(key, (threading.Lock(), 0))
             self._locks[key] = (lock, users + 1)
         try:
             with lock:
-                yield
+                yield HELD
         finally:
             with self._guard:
                 lock, users = self._locks[key]
@@ -124,7 +139,7 @@ class MemoryLedger:
         with self._lock:
             self._manifests.pop(target, None)
 
-    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
+    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:
         return self._locks.hold(registry, digest)
 
     def upload_session(self, registry: str, repository: str, digest: str
@@ -213,7 +228,7 @@ class SQLiteLedger:
         with self._lock:
             self._db.execute("DELETE FROM manifests WHERE target = ?", (target,))
 
-    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[None]:
+    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:
         return self._locks.hold(registry, digest)
 
     def upload_session(self, registry: str, repository: str, digest: str
@@ -243,6 +258,37 @@ class SQLiteLedger:
             self._db.close()
 
 
+class _RedisBlobLock(BlobLock):
+    """A fleet-wide blob lock as its holder sees it. It is lost when its TTL ran out before a
+    renewal (a long pause, Redis out of reach) and then perhaps taken by another worker; the
+    renewer or the holder's own question finds out, whichever comes first."""
+
+    def __init__(self, lock: Any, registry: str, digest: str, acquired: bool) -> None:
+        self.lock = lock
+        self.registry = registry
+        self.digest = digest
+        self.acquired = acquired
+        self._lost = False
+        self._guard = threading.Lock()
+
+    def lost(self) -> bool:
+        """True once the lock is no longer ours; asks Redis (one GET) unless known already.
+        A waiter that gave up after `lock_wait` never held it."""
+        if not self.acquired:
+            return True
+        if not self._lost and not self.lock.owned():
+            self.mark_lost("no longer ours in Redis")
+        return self._lost
+
+    def mark_lost(self, why: object) -> None:
+        with self._guard:
+            if self._lost:
+                return
+            self._lost = True
+        log.warning("lost the lock on blob %s of registry %s (%s): its copy checks the target "
+                    "instead of trusting the ledger", self.digest, self.registry, why)
+
+
 class RedisLedger:
     """The fleet's record, shared by every worker through Redis.
 
@@ -264,7 +310,7 @@ class RedisLedger:
         self.lock_wait = lock_wait
         self.upload_ttl = upload_ttl
         self._local = _LocalLocks()
-        self._held: dict[int, Any] = {}  # the Redis locks held now, by id, for the renewer
+        self._held: dict[int, _RedisBlobLock] = {}  # the locks held now, for the renewer
         self._held_guard = threading.Lock()
         self._renewer: threading.Thread | None = None
 
@@ -297,31 +343,32 @@ class RedisLedger:
         self.redis.delete(f"{self.prefix}manifest:{target}")
 
     @contextmanager
-    def blob_lock(self, registry: str, digest: str) -> Iterator[None]:
+    def blob_lock(self, registry: str, digest: str) -> Iterator[BlobLock]:
         """Held by one worker of the fleet at a time; a crashed holder's lock expires.
 
         The threads of one process queue on a local lock first, so that a blob's lock passes
         between them at once rather than at the next poll of Redis (shared base layers are
         wanted by many copies at the same moment). A waiter gives up waiting after `lock_wait`
         seconds and goes on anyway: a duplicate upload is harmless, a fleet stuck behind a
-        lost lock is not.
+        lost lock is not. The holder asks the yielded `BlobLock` whether the lock is still its
+        own before it acts on the ledger's word.
         """
         with self._local.hold(registry, digest):
             lock = self.redis.lock(f"{self.prefix}lock:{registry}:{digest}",
                                    timeout=self.lock_ttl, sleep=0.05,
                                    blocking_timeout=self.lock_wait, thread_local=False)
-            acquired = lock.acquire()
-            if acquired:
-                self._renewed(lock, True)
+            held = _RedisBlobLock(lock, registry, digest, bool(lock.acquire()))
+            if held.acquired:
+                self._renewed(held, True)
             try:
-                yield
+                yield held
             finally:
-                if acquired:
-                    self._renewed(lock, False)
+                if held.acquired:
+                    self._renewed(held, False)
                     with suppress(Exception):  # expired meanwhile: someone may hold it now
                         lock.release()
 
-    def _renewed(self, lock: Any, held: bool) -> None:
+    def _renewed(self, lock: _RedisBlobLock, held: bool) -> None:
         """Add a lock to (or drop it from) those one thread renews while they are held: most
         are released within a second, long before a renewal, so none needs a thread of its
         own."""
@@ -365,12 +412,16 @@ class RedisLedger:
             time.sleep(self.lock_ttl / 3)
             with self._held_guard:
                 locks = list(self._held.values())
-            for lock in locks:
+            for held in locks:
                 try:
-                    lock.reacquire()
-                except Exception:  # released meanwhile, or lost (expired under a long pause)
+                    held.lock.reacquire()
+                except Exception as exc:  # released meanwhile, or lost (expired, taken)
                     with self._held_guard:
-                        self._held.pop(id(lock), None)
+                        # Still listed: its holder has not released it, so it was lost, and
+                        # the holder must not go on believing it is alone with the blob.
+                        still_held = self._held.pop(id(held), None) is not None
+                    if still_held:
+                        held.mark_lost(exc)
 
 
 def text(value: bytes | str) -> str:

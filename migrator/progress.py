@@ -38,17 +38,17 @@ class ConsoleReporter:
     def __init__(self, stream: TextIO, *, live: bool | None = None) -> None:
         self.stream = stream
         self.live = stream.isatty() if live is None else live
-        self.total = self.done = self.failed = self.bytes = 0
+        self.total = self.done = self.failed = self.skipped = self.bytes = 0
         self.started = time.monotonic()
         self._last_line = self.started
         self._lock = threading.Lock()
-        self._outcomes: dict[Job, bool] = {}  # job → its last try succeeded
+        self._outcomes: dict[Job, str] = {}  # job → its last try: "ok", "failed", "skipped"
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if self.live:
             self._progress = Progress(
                 TextColumn("images"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[failed]} failed"),
+                TextColumn("{task.fields[failed]} failed"), TextColumn("{task.fields[skipped]}"),
                 TextColumn("{task.fields[size]}"), TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 console=Console(file=stream, force_terminal=True), transient=True,
@@ -59,7 +59,7 @@ class ConsoleReporter:
             self._progress.console.print(text, markup=False, highlight=False)
             if text.startswith("Start to handle") and self._task is None:
                 self._task = self._progress.add_task("images", total=self.total, failed=0,
-                                                     size="", rate="")
+                                                     skipped="", size="", rate="")
                 self._progress.start()
         else:
             print(text, file=self.stream, flush=True)
@@ -77,24 +77,36 @@ class ConsoleReporter:
 
     def image_done(self, job: Job, result: CopyResult | None, error: str | None) -> None:
         # Per job, its last outcome: a retry pass must not count an image twice.
+        outcome = ("failed" if error is not None else
+                   "skipped" if result is not None and result.outcome == "skipped" else "ok")
         with self._lock:
             before = self._outcomes.get(job)
-            self._outcomes[job] = ok = error is None
+            self._outcomes[job] = outcome
             self.done = len(self._outcomes)
-            self.failed += (not ok) - (before is False)  # counted, not re-summed per image
+            # counted, not re-summed per image
+            self.failed += (outcome == "failed") - (before == "failed")
+            self.skipped += (outcome == "skipped") - (before == "skipped")
         self._refresh()
 
-    def set_counts(self, *, total: int, done: int, failed: int, copied_bytes: int) -> None:
+    def set_counts(self, *, total: int, done: int, failed: int, copied_bytes: int,
+                   skipped: int = 0) -> None:
         """Absolute figures, for a run whose work happens elsewhere (the fleet)."""
         with self._lock:
             self.total, self.done, self.failed, self.bytes = total, done, failed, copied_bytes
+            self.skipped = skipped
         self._refresh()
 
     def rate(self) -> float:
         return self.bytes / max(time.monotonic() - self.started, 1e-6)
 
+    def skipped_text(self) -> str:
+        """The skipped images as shown ("3 skipped"); nothing in a run that skipped none, so a
+        run without a platform filter keeps its usual line."""
+        return f"{self.skipped} skipped" if self.skipped else ""
+
     def status_line(self) -> str:
-        return (f"progress: {self.done}/{self.total} images, {self.failed} failed, "
+        skipped = f"{self.skipped_text()}, " if self.skipped else ""
+        return (f"progress: {self.done}/{self.total} images, {self.failed} failed, {skipped}"
                 f"{human_bytes(self.bytes)} copied, {human_bytes(self.rate())}/s")
 
     def _refresh(self) -> None:
@@ -102,7 +114,8 @@ class ConsoleReporter:
             if self._task is not None:
                 self._progress.update(
                     self._task, completed=self.done, total=self.total, failed=self.failed,
-                    size=human_bytes(self.bytes), rate=f"{human_bytes(self.rate())}/s")
+                    skipped=self.skipped_text(), size=human_bytes(self.bytes),
+                    rate=f"{human_bytes(self.rate())}/s")
             return
         now = time.monotonic()
         if now - self._last_line >= PLAIN_INTERVAL:

@@ -1,11 +1,10 @@
 """The grammar of image references: parse, normalise, print. Knows nothing about HTTP.
 
-Two readings of a reference exist:
-
-* `parse()` reads references as written in rule files (image-syncer's convention): the first
-  path component is always the registry, so `registry/namespace/repository[:tag][@digest]`.
-* `normalize()` reads them as `docker pull` does: `nginx` is `docker.io/library/nginx:latest`
-  and the first component is a registry only if it looks like a host.
+References are read as `docker pull` reads them (and image-syncer v1.5, which uses Docker's
+own parser): the first path component is a registry only when it holds a `.` or a `:` or is
+`localhost` and more components follow; otherwise the registry is Docker Hub, where a
+one-component name gets `library/` (`nginx` is `docker.io/library/nginx`). `parse()` keeps what
+is written (no tag stays no tag); `normalize()` adds `latest` as `docker pull` does.
 
 The grammar follows the distribution reference grammar: lowercase path components separated by
 `.`, `_`, `__` or dashes; tags of at most 128 word characters, dots and dashes; digests as
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from migrator.errors import ConfigError
@@ -157,7 +157,7 @@ def check_registry(registry: str, *, what: str = "registry") -> str:
     if port and not 0 < int(port) <= MAX_PORT:
         raise ReferenceError(f"invalid {what} {_shown(registry)}: port {port} is not "
                              f"between 1 and {MAX_PORT}")
-    if registry in DOCKER_HUB_ALIASES:
+    if registry.lower() in DOCKER_HUB_ALIASES or registry.lower() == DOCKER_HUB:
         return DOCKER_HUB
     return registry
 
@@ -193,20 +193,32 @@ def check_digest(digest: str) -> str:
     return digest
 
 
-def split_name(name: str, *, min_depth: int = 3) -> tuple[str, str]:
-    """`registry/ns/repo` → (`registry`, `ns/repo`), the first component always the registry."""
+def looks_like_host(component: str) -> bool:
+    """Docker's test for a first path component that names a registry."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`name` read as `docker pull` reads it → (registry, repository).
+
+    `quay.io/coreos/etcd` → (`quay.io`, `coreos/etcd`); `registry.k8s.io/pause` →
+    (`registry.k8s.io`, `pause`); `grafana/grafana` → (`docker.io`, `grafana/grafana`);
+    `nginx` and `docker.io/nginx` → (`docker.io`, `library/nginx`).
+    """
     check_characters(name)
     parts = name.split("/")
-    if len(parts) >= min_depth and "" in parts:
+    if "" in parts:
         raise ReferenceError(
             f"{_shown(name)} has an empty path component: a '/' at the start or the end, or "
             "two in a row"
         )
-    if len(parts) < min_depth or "" in parts:
-        raise ReferenceError(
-            f"{_shown(name)} must contain at least registry/namespace/repository"
-        )
-    registry, repository = check_registry(parts[0]), check_repository("/".join(parts[1:]))
+    if len(parts) > 1 and looks_like_host(parts[0]):
+        registry, repository = check_registry(parts[0]), "/".join(parts[1:])
+    else:
+        registry, repository = DOCKER_HUB, name
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"
+    check_repository(repository)
     if len(name) > MAX_NAME_LENGTH:
         raise ReferenceError(f"name longer than {MAX_NAME_LENGTH} characters, registry "
                              f"included ({len(name)})")
@@ -214,7 +226,8 @@ def split_name(name: str, *, min_depth: int = 3) -> tuple[str, str]:
 
 
 def parse(text: str) -> Reference:
-    """Parse a rule-file reference with at most one tag: `registry/ns/repo[:tag][@digest]`."""
+    """Parse a reference with at most one tag, `[registry/]repository[:tag][@digest]`, keeping
+    what is written: no tag stays no tag."""
     name, tag, digest = split(check_characters(check_userinfo(text.strip())))
     registry, repository = split_name(name)
     return Reference(
@@ -231,27 +244,17 @@ def normalize(text: str) -> Reference:
     `nginx` → `docker.io/library/nginx:latest`; `quay.io/x/y` → `quay.io/x/y:latest`; an image
     pinned by digest stays pinned (and gets no default tag).
     """
-    name, tag, digest = split(check_characters(check_userinfo(text.strip())))
-    first, _, rest = name.partition("/")
-    looks_like_host = rest and ("." in first or ":" in first or first == "localhost")
-    if looks_like_host:
-        registry, repository = check_registry(first), rest
-    else:
-        registry, repository = DOCKER_HUB, name
-    if registry == DOCKER_HUB and "/" not in repository:
-        repository = f"library/{repository}"
-    check_repository(repository)
-    if tag is None and digest is None:
-        tag = "latest"
-    return Reference(
-        registry,
-        repository,
-        check_tag(tag) if tag is not None else None,
-        check_digest(digest) if digest is not None else None,
-    )
+    reference = parse(text)
+    if reference.tag is None and reference.digest is None:
+        return reference.with_tag("latest")
+    return reference
 
 
-PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
+# `os/architecture[/variant]`; `*` stands for any os or any architecture (image-syncer's
+# `--arch amd64` alone is `*/amd64`).
+PLATFORM = re.compile(r"(?:[a-z0-9]+|\*)/(?:[a-z0-9_]+|\*)(?:/[a-z0-9]+)?")
+_OS = re.compile(r"[a-z0-9]+")
+_ARCH = re.compile(r"[a-z0-9_]+(?::[a-z0-9]+)?")
 
 
 def parse_platforms(value: str | list[str]) -> frozenset[str]:
@@ -265,3 +268,50 @@ def parse_platforms(value: str | list[str]) -> frozenset[str]:
     if not platforms:
         raise ReferenceError("give at least one os/architecture, e.g. linux/amd64")
     return platforms
+
+
+def os_arch_platforms(oses: Sequence[str], architectures: Sequence[str]) -> frozenset[str]:
+    """image-syncer's `--os` and `--arch` (each repeatable, `arch:variant` allowed) as a
+    platform set: `--os linux --arch amd64 --arch arm64:v8` → {linux/amd64, linux/arm64/v8}."""
+    def items(values: Sequence[str]) -> list[str]:
+        return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+    os_items, arch_items = items(oses), items(architectures)
+    for item in os_items:
+        if ":" in item:
+            raise ReferenceError(f"--os {item!r}: os versions are not supported: write the "
+                                 "os alone, e.g. --os windows")
+        if not _OS.fullmatch(item):
+            raise ReferenceError(f"--os {item!r}: expected an os such as linux or windows")
+    for item in arch_items:
+        if not _ARCH.fullmatch(item):
+            raise ReferenceError(f"--arch {item!r}: expected an architecture such as amd64, "
+                                 "or architecture:variant such as arm64:v8")
+    if not os_items and not arch_items:
+        return frozenset()
+    return frozenset(f"{os_name}/{arch.replace(':', '/')}"
+                     for os_name in os_items or ["*"] for arch in arch_items or ["*"])
+
+
+def _meet(first: str, second: str) -> str | None:
+    """The platforms both patterns match, as one pattern; None when they share none."""
+    one, two = first.split("/"), second.split("/")
+    parts = []
+    for index in range(3):
+        a = one[index] if index < len(one) else "*"
+        b = two[index] if index < len(two) else "*"
+        if a != b and "*" not in (a, b):
+            return None
+        parts.append(b if a == "*" else a)
+    return "/".join(parts[:2] + ([parts[2]] if parts[2] != "*" else []))
+
+
+def combine_platforms(first: frozenset[str], second: frozenset[str]) -> frozenset[str]:
+    """Platforms that satisfy both filters (an empty filter lets everything through)."""
+    if not first or not second:
+        return first or second
+    both = frozenset(meet for a in first for b in second if (meet := _meet(a, b)))
+    if not both:
+        raise ReferenceError(f"no platform is both in {', '.join(sorted(first))} and in "
+                             f"{', '.join(sorted(second))}")
+    return both

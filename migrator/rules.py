@@ -30,7 +30,6 @@ from migrator.errors import ConfigError
 from migrator.filters import NO_FILTERS, TagFilters
 from migrator.reference import (
     DOCKER_HUB,
-    DOCKER_HUB_ALIASES,
     TAG,
     Reference,
     ReferenceError,
@@ -40,6 +39,7 @@ from migrator.reference import (
     check_repository,
     check_tag,
     check_userinfo,
+    looks_like_host,
     parse_platforms,
     split,
     split_name,
@@ -170,40 +170,26 @@ class _Source:
         return self.repository.rsplit("/", 1)[-1]
 
 
-def _looks_like_host(text: str) -> bool:
-    return "." in text or ":" in text or text == "localhost"
-
-
 def _check_name(
     name: str, *, what: str, hint: str | None = None, catalog_hint: bool = False
 ) -> tuple[str, str]:
-    """`registry/ns/.../repo` → (registry, repository); rules 1 and 3 with helpful messages."""
+    """A name read as `docker pull` reads it → (registry, repository); rule 1's message for a
+    name that is only a registry."""
     try:
         check_characters(name)  # first: a look-alike '／' would make the hints below wrong
     except ReferenceError as exc:
         raise _Bad(str(exc)) from None
-    parts = name.split("/")
-    if len(parts) < 3 and all(parts) and not any(ch.isspace() for ch in name):
-        if _looks_like_host(parts[0]):
-            unit = "registry" if len(parts) == 1 else "namespace"
-            if what == "source":
-                message = (
-                    f"the source names a whole {unit}: a rule cannot copy a whole namespace or "
-                    "registry, only one repository: write registry/namespace/repository"
-                )
-                if catalog_hint:  # the user opted in to catalogs: show the form they need
-                    message += f", or {name}/* for every repository the registry lists"
-            else:
-                message = f"the target names a whole {unit}, not a repository"
-                message += f": write {hint}" if hint else ": write registry/namespace/repository"
-            if parts[0] in (DOCKER_HUB, *DOCKER_HUB_ALIASES) and len(parts) == 2:
-                message += f" (for an official image: docker.io/library/{parts[1]})"
-            raise _Bad(message)
-        example = "docker.io/library/" + parts[-1] if len(parts) == 1 else "docker.io/" + name
-        raise _Bad(
-            f"the {what} must contain at least registry/namespace/repository: the first "
-            f"component is always the registry (for Docker Hub write {example})"
-        )
+    if "/" not in name and looks_like_host(name):
+        # Docker would read `quay.io` as docker.io/library/quay.io; nobody means that.
+        if what == "source":
+            message = ("the source names a whole registry: a rule cannot copy a whole namespace "
+                       "or registry, only one repository: write registry/repository")
+            if catalog_hint:  # the user opted in to catalogs: show the form they need
+                message += f", or {name}/* for every repository the registry lists"
+        else:
+            message = "the target names a whole registry, not a repository"
+            message += f": write {hint}" if hint else ": write registry/repository"
+        raise _Bad(message)
     try:
         return split_name(name)
     except ReferenceError as exc:
@@ -230,7 +216,8 @@ def _parse_tags(tagpart: str) -> tuple[str, ...]:
 
 
 def _check_catalog_name(name: str) -> tuple[str, str]:
-    """`registry/ns/*` → (registry, "ns"); `registry/*` → (registry, "")."""
+    """`registry/ns/*` → (registry, "ns"); `registry/*` → (registry, ""); `ns/*` → (docker.io,
+    "ns"), the first component read as `docker pull` reads it."""
     base = name[:-2] if name.endswith("/*") else name
     try:
         check_characters(name)
@@ -242,9 +229,18 @@ def _check_catalog_name(name: str) -> tuple[str, str]:
     parts = base.split("/")
     if any(not part for part in parts) or any(ch.isspace() for ch in base):
         raise _Bad(f"{quote(name)}: expected registry/namespace/* or registry/*")
+    return _registry_and_path(parts)
+
+
+def _registry_and_path(parts: list[str]) -> tuple[str, str]:
+    """A namespace's components → (registry, namespace): the first is the registry when it
+    looks like a host, else the namespace is on Docker Hub."""
     try:
-        registry = check_registry(parts[0])
-        return registry, check_repository("/".join(parts[1:])) if len(parts) > 1 else ""
+        if looks_like_host(parts[0]):
+            registry, path = check_registry(parts[0]), "/".join(parts[1:])
+        else:
+            registry, path = DOCKER_HUB, "/".join(parts)
+        return registry, check_repository(path) if path else ""
     except ReferenceError as exc:
         raise _Bad(str(exc)) from None
 
@@ -302,14 +298,19 @@ def _parse_catalog_target(text: str) -> Reference:
     name = text[:-2] if text.endswith("/*") else text
     base, tagpart, digest = split(name)
     parts = base.split("/")
-    if tagpart is not None or digest is not None or "*" in base or len(parts) < 2:
+    if tagpart is not None or digest is not None or "*" in base or (
+            len(parts) < 2 and looks_like_host(base)):
         raise _Bad("the target of a source with '*' is a namespace, where each repository "
                    "found goes under its path below the source namespace: write "
                    "registry/namespace")
     try:
-        registry, namespace = split_name(base, min_depth=2)
+        check_characters(base)
     except ReferenceError as exc:
         raise _Bad(str(exc)) from None
+    if any(not part for part in parts):
+        raise _Bad(f"{quote(base)} has an empty path component: a '/' at the start or the "
+                   "end, or two in a row")
+    registry, namespace = _registry_and_path(parts)
     return Reference(registry, namespace)
 
 

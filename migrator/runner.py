@@ -41,7 +41,10 @@ class Reporter(Protocol):
 @dataclass
 class Summary:
     images: int = 0
-    results: list[CopyResult] = field(default_factory=list)
+    results: list[CopyResult] = field(default_factory=list)  # copied, up to date or planned
+    # Left out by the platform filter: neither failed nor retried, and kept apart from
+    # `results` because image-syncer does not list them among the images it synced.
+    skipped: list[CopyResult] = field(default_factory=list)
     failed: dict[Job, str] = field(default_factory=dict)
     generate_failed: dict[Rule, str] = field(default_factory=dict)
 
@@ -75,6 +78,7 @@ class EmbeddedRunner:
         platforms: frozenset[str] = frozenset(),
         referrers: bool = True,
         immutable_tags: str | None = None,
+        force: bool = False,
     ) -> None:
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
@@ -88,6 +92,7 @@ class EmbeddedRunner:
         self.platforms = platforms
         self.referrers = referrers
         self.immutable_tags = immutable_tags
+        self.force = force
 
     def run(self, rules: Sequence[Rule]) -> Summary:
         summary = Summary()
@@ -158,13 +163,14 @@ class EmbeddedRunner:
                               settings=self.settings, blob_pool=blob_pool,
                               on_bytes=self.reporter.add_bytes, dry_run=self.dry_run,
                               platforms=self.platforms, referrers=self.referrers,
-                              immutable_tags=self.immutable_tags)
+                              immutable_tags=self.immutable_tags, force=self.force)
 
         failed: list[Job] = []
         for job, result, error in _run_all(image_pool, copy, jobs):
             if error is None:
                 summary.failed.pop(job, None)
-                summary.results.append(result)  # type: ignore[arg-type]
+                assert result is not None
+                (summary.skipped if result.outcome == "skipped" else summary.results).append(result)
             else:
                 summary.failed[job] = error
                 failed.append(job)

@@ -7,6 +7,9 @@ derived, never stored twice:
     {p}run:{id}            HASH  name, created, retries, bytes
     {p}run:{id}:jobs       SET   every image task of the run (src -> dst)
     {p}run:{id}:ok         SET   the tasks that ended copied or up to date
+    {p}run:{id}:skipped    HASH  task → why, for images the platform filter left out: done,
+                                 not failed, and not among the successes (image-syncer does
+                                 not list ignored images there either)
     {p}run:{id}:failed     HASH  task → reason, for tasks that gave up
     {p}run:{id}:expands    SET   rules whose tag list is still to be read
     {p}run:{id}:genfailed  HASH  rule → reason, for rules that could not be expanded
@@ -28,7 +31,8 @@ from typing import Any
 
 from migrator.ledger import text
 
-SUFFIXES = ("", ":jobs", ":ok", ":failed", ":expands", ":genfailed", ":auth", ":tasks", ":wake")
+SUFFIXES = ("", ":jobs", ":ok", ":skipped", ":failed", ":expands", ":genfailed", ":auth",
+            ":tasks", ":wake")
 
 
 def new_run_id() -> str:
@@ -43,6 +47,7 @@ class RunState:
     created: float = 0.0
     total: int = 0
     succeeded: int = 0
+    skipped: int = 0  # images the platform filter left out
     failed: dict[str, str] = field(default_factory=dict)
     generate_failed: dict[str, str] = field(default_factory=dict)
     expands_pending: int = 0
@@ -50,7 +55,7 @@ class RunState:
 
     @property
     def done(self) -> int:
-        return self.succeeded + len(self.failed)
+        return self.succeeded + self.skipped + len(self.failed)
 
     @property
     def finished(self) -> bool:
@@ -113,23 +118,31 @@ class RunStore:
         return [job for job, new in zip(jobs, added, strict=True) if new]
 
     def succeeded_jobs(self, run_id: str) -> list[str]:
+        """The images copied or up to date; not those skipped (see `skipped_jobs`)."""
         return sorted(text(job) for job in self.redis.smembers(self.key(run_id, ":ok")))
 
+    def skipped_jobs(self, run_id: str) -> dict[str, str]:
+        """The images the platform filter left out, each with why."""
+        return _decoded(self.redis.hgetall(self.key(run_id, ":skipped")))
+
     def unfinished(self, run_id: str, jobs: list[str]) -> set[str]:
-        """Those of `jobs` that neither succeeded nor failed yet."""
+        """Those of `jobs` that have not ended yet: not succeeded, skipped or failed."""
         if not jobs:
             return set()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.smismember(self.key(run_id, ":ok"), jobs)
             pipe.hmget(self.key(run_id, ":failed"), jobs)
-            ok, failed = pipe.execute()
-        return {job for job, done, reason in zip(jobs, ok, failed, strict=True)
-                if not done and reason is None}
+            pipe.hmget(self.key(run_id, ":skipped"), jobs)
+            ok, failed, skipped = pipe.execute()
+        return {job for job, done, reason, why in zip(jobs, ok, failed, skipped, strict=True)
+                if not done and reason is None and why is None}
 
     def succeeded(self, run_id: str, job: str, copied_bytes: int = 0) -> None:
         with self.redis.pipeline() as pipe:
             pipe.sadd(self.key(run_id, ":ok"), job)
+            # An image ends in one place only, so that `done` counts it once.
             pipe.hdel(self.key(run_id, ":failed"), job)
+            pipe.hdel(self.key(run_id, ":skipped"), job)
             if copied_bytes:
                 pipe.hincrby(self.key(run_id), "bytes", copied_bytes)
             pipe.expire(self.key(run_id, ":ok"), self.ttl)
@@ -165,13 +178,25 @@ class RunStore:
         with self.redis.pipeline() as pipe:
             pipe.sadd(self.key(run_id, ":ok"), *jobs)
             pipe.hdel(self.key(run_id, ":failed"), *jobs)
+            pipe.hdel(self.key(run_id, ":skipped"), *jobs)
             pipe.expire(self.key(run_id, ":ok"), self.ttl)
             self._wake(pipe, run_id)
             pipe.execute()
 
+    def skipped(self, run_id: str, job: str, reason: str) -> None:
+        """The image was left out by the platform filter: done, neither failed nor copied."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key(run_id, ":skipped"), job, reason)
+            pipe.srem(self.key(run_id, ":ok"), job)
+            pipe.hdel(self.key(run_id, ":failed"), job)
+            pipe.expire(self.key(run_id, ":skipped"), self.ttl)
+            self._wake(pipe, run_id)
+            pipe.execute()
+
     def failed(self, run_id: str, job: str, reason: str) -> None:
-        if self.redis.sismember(self.key(run_id, ":ok"), job):
-            return  # a duplicate delivery failed after the first one succeeded
+        if (self.redis.sismember(self.key(run_id, ":ok"), job)
+                or self.redis.hexists(self.key(run_id, ":skipped"), job)):
+            return  # a duplicate delivery failed after the first one ended
         with self.redis.pipeline() as pipe:
             pipe.hset(self.key(run_id, ":failed"), job, reason)
             pipe.expire(self.key(run_id, ":failed"), self.ttl)
@@ -208,16 +233,17 @@ class RunStore:
             pipe.hgetall(self.key(run_id))
             pipe.scard(self.key(run_id, ":jobs"))
             pipe.scard(self.key(run_id, ":ok"))
+            pipe.hlen(self.key(run_id, ":skipped"))
             pipe.hgetall(self.key(run_id, ":failed"))
             pipe.hgetall(self.key(run_id, ":genfailed"))
             pipe.scard(self.key(run_id, ":expands"))
-            info, total, succeeded, failed, genfailed, expands = pipe.execute()
+            info, total, succeeded, skipped, failed, genfailed, expands = pipe.execute()
         if not info:
             return None
         info = _decoded(info)
         return RunState(
             run_id=run_id, name=info.get("name", ""), created=float(info.get("created", 0)),
-            total=total, succeeded=succeeded, failed=_decoded(failed),
+            total=total, succeeded=succeeded, skipped=skipped, failed=_decoded(failed),
             generate_failed=_decoded(genfailed), expands_pending=expands,
             bytes=int(info.get("bytes", 0)),
         )

@@ -21,9 +21,10 @@ Liveness: `python -m workers.health` (the Kubernetes liveness and startup probe)
 
 Metrics: `MIGRATOR_METRICS_PORT` (0, the default: off)
     Each worker process serves `/metrics` for Prometheus: bytes copied and streamed, blobs
-    uploaded / mounted / skipped, images copied / up-to-date / failed, final failures and
-    retries by reason class (a small fixed set: `auth`, `not_found`, `denied`, `transport`,
-    `http_429`, `http_5xx`, `digest_mismatch`, ...), tasks in progress and task durations.
+    uploaded / mounted / skipped, images copied / up-to-date / skipped (platform filter) /
+    failed, final failures and retries by reason class (a small fixed set: `auth`,
+    `not_found`, `denied`, `transport`, `http_429`, `http_5xx`, `digest_mismatch`, ...),
+    tasks in progress and task durations.
     With `--pool prefork`, set `PROMETHEUS_MULTIPROC_DIR` so the children's counts add up.
 
 Shutdown: `MIGRATOR_SHUTDOWN_TIMEOUT` (0, the default: Celery's warm shutdown, unbounded)
@@ -88,7 +89,7 @@ TASK_SECONDS = Histogram("migrator_task_seconds", "Task run time in seconds", ["
                          buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600))
 for _result in ("uploaded", "mounted", "skipped"):
     BLOBS.labels(result=_result)
-for _outcome in ("copied", "up-to-date", "failed"):
+for _outcome in ("copied", "up-to-date", "skipped", "failed"):
     IMAGES.labels(outcome=_outcome)
 
 

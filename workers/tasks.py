@@ -1,9 +1,9 @@
 """The fleet's two tasks. Both call the one engine (`migrator.copy.copy_image`); only the
 ledger (Redis, shared) and the executor (Celery) differ from `migrator sync`.
 
-Retries are Celery's: `autoretry_for` names only the retryable branch of the error tree
-(connection faults, timeouts, 408/429/5xx), with exponential backoff and jitter; the run's
-`--retries` becomes the task's max_retries. Permanent errors fail at once, and every final
+Retries are Celery's `retry()`, for the retryable branch of the error tree only (connection
+faults, timeouts, 408/429/5xx), with exponential backoff and jitter; the run's `--retries` is
+each execution's limit (`RunTask.retried`). Permanent errors fail at once, and every final
 failure lands in the run's record with its reason (`on_failure`).
 """
 
@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import redis
 from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
 
 from migrator.auth import AuthFile, load_auth, merge
 from migrator.copy import (
@@ -102,11 +105,25 @@ def context() -> WorkerContext:
 
 
 class RunTask(Task):
-    autoretry_for = (RetryableError,)
-    retry_backoff = True
     retry_backoff_max = 300
     retry_jitter = True
     max_retries = 3
+
+    @contextmanager
+    def retried(self, retries: int) -> Iterator[None]:
+        """Retry this execution on a transient fault, at most `retries` times.
+
+        Not `autoretry_for`: it reads the limit from `override_max_retries`, an attribute of
+        the one task object that all threads of a `--pool threads` worker share, so two runs
+        with different `--retries` took each other's. The limit goes to `retry()` from this
+        execution's own argument instead."""
+        try:
+            yield
+        except RetryableError as exc:
+            countdown = get_exponential_backoff_interval(
+                factor=1, retries=self.request.retries, maximum=self.retry_backoff_max,
+                full_jitter=self.retry_jitter)
+            raise self.retry(exc=exc, countdown=countdown, max_retries=retries) from exc
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
         reason = describe(exc)
@@ -121,64 +138,72 @@ class RunTask(Task):
 @app.task(bind=True, base=RunTask, name=SYNC_TASK)
 def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str = "",
                retries: int = 3, platforms: list[str] | None = None,
-               referrers: bool = True, immutable_tags: str | None = None) -> None:
-    """Copy one image (tag or digest) into the target."""
-    self.override_max_retries = retries
-    ctx = context()
-    job = job_from_args(source, target, rule)
-    result = copy_image(job, clients=ctx.clients(run_id), ledger=ctx.ledger,
-                        settings=ctx.settings, blob_pool=ctx.blob_pool,
-                        on_bytes=health.progress(self.request.id),
-                        platforms=frozenset(platforms or ()), referrers=referrers,
-                        immutable_tags=immutable_tags)
-    health.copied(result)
-    if not ctx.redis.exists(ctx.runs.key(run_id)):
-        # Redis lost the run (flushed, or restarted without its data): recording the copy
-        # would recreate a run of 0 images that looks finished and successful.
-        log.warning("run %s is no longer in Redis: %s copied, not recorded", run_id, job)
-        return
-    ctx.runs.succeeded(run_id, f"{source} -> {target}", result.bytes_copied)
+               referrers: bool = True, immutable_tags: str | None = None,
+               force: bool = False) -> None:
+    """Copy one image (tag or digest) into the target; `force` PUTs its manifests again."""
+    with self.retried(retries):
+        ctx = context()
+        job = job_from_args(source, target, rule)
+        result = copy_image(job, clients=ctx.clients(run_id), ledger=ctx.ledger,
+                            settings=ctx.settings, blob_pool=ctx.blob_pool,
+                            on_bytes=health.progress(self.request.id),
+                            platforms=frozenset(platforms or ()), referrers=referrers,
+                            immutable_tags=immutable_tags, force=force)
+        health.copied(result)
+        if not ctx.redis.exists(ctx.runs.key(run_id)):
+            # Redis lost the run (flushed, or restarted without its data): recording the copy
+            # would recreate a run of 0 images that looks finished and successful.
+            log.warning("run %s is no longer in Redis: %s copied, not recorded", run_id, job)
+            return
+        if result.outcome == "skipped":  # left out by the platform filter: done, not a success
+            ctx.runs.skipped(run_id, f"{source} -> {target}", result.note)
+        else:
+            ctx.runs.succeeded(run_id, f"{source} -> {target}", result.bytes_copied)
 
 
 @app.task(bind=True, base=RunTask, name=EXPAND_TASK)
 def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
                 **options: object) -> None:
     """List a source's tags and send one `sync_image` per tag the rule selects."""
-    self.override_max_retries = retries
-    ctx = context()
-    parsed = rule_from_args(rule)
-    retry_later: RetryableError | None = None
-    if parsed.catalog:  # `registry/ns/*`: the catalog's repositories, then each one's tags
-        jobs, retry_later = _expand_catalog(run_id, parsed, ctx.clients(run_id))
-    else:
-        client = ctx.clients(run_id).get(parsed.source.registry, parsed.source.repository)
-        jobs = parsed.jobs(client.list_tags(parsed.source.repository))
-    keys = [str(job) for job in jobs]
-    ctx.runs.add_jobs(run_id, keys)
-    # Immutable tags already on record: done without a task, let alone a request. A new tag
-    # is any the source lists and the record does not hold.
-    immutable = str(options["immutable_tags"]) if options.get("immutable_tags") else None
-    platforms = frozenset(options.get("platforms") or ())  # type: ignore[call-overload]
-    ctx.runs.up_to_date(run_id, [str(job) for job in jobs
-                                 if synced_immutable(job, ctx.ledger, immutable, platforms)])
-    # Send every job not finished yet, not only the new ones: if this task is a redelivery
-    # after a crash between recording and sending, its jobs must still be sent. A job sent
-    # twice is harmless (copies are idempotent and counted once).
-    unfinished = ctx.runs.unfinished(run_id, keys)
-    if ctx.settings.trust_ledger:
-        unchanged = _unchanged(ctx, run_id, [job for job in jobs if str(job) in unfinished],
-                               platforms)
-        ctx.runs.up_to_date(run_id, unchanged)
-        unfinished -= set(unchanged)
-    tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
-                        job_kwargs(job, retries, options))
-             for job in jobs if str(job) in unfinished}
-    ctx.runs.remember_tasks(run_id, tasks)
-    for _, args, kwargs in tasks.values():
-        sync_image.apply_async(args=args, kwargs=kwargs)
-    if retry_later is not None:
-        raise retry_later  # Celery retries the expansion; the jobs sent again are harmless
-    ctx.runs.expanded(run_id, rule["rule"])
+    with self.retried(retries):
+        ctx = context()
+        parsed = rule_from_args(rule)
+        retry_later: RetryableError | None = None
+        if parsed.catalog:  # `registry/ns/*`: the catalog's repositories, then each one's tags
+            jobs, retry_later = _expand_catalog(run_id, parsed, ctx.clients(run_id))
+        else:
+            client = ctx.clients(run_id).get(parsed.source.registry, parsed.source.repository)
+            jobs = parsed.jobs(client.list_tags(parsed.source.repository))
+        keys = [str(job) for job in jobs]
+        ctx.runs.add_jobs(run_id, keys)
+        # Immutable tags already on record: done without a task, let alone a request. A new tag
+        # is any the source lists and the record does not hold. Under force (manifests are PUT
+        # again whatever the record says) every tag gets its task: neither shortcut applies.
+        force = bool(options.get("force"))
+        immutable = str(options["immutable_tags"]) if options.get("immutable_tags") else None
+        platforms = frozenset(options.get("platforms") or ())  # type: ignore[call-overload]
+        if not force:
+            ctx.runs.up_to_date(run_id, [
+                str(job) for job in jobs
+                if synced_immutable(job, ctx.ledger, immutable, platforms)])
+        # Send every job not finished yet, not only the new ones: if this task is a redelivery
+        # after a crash between recording and sending, its jobs must still be sent. A job sent
+        # twice is harmless (copies are idempotent and counted once).
+        unfinished = ctx.runs.unfinished(run_id, keys)
+        if ctx.settings.trust_ledger and not force:
+            unchanged = _unchanged(ctx, run_id, [job for job in jobs if str(job) in unfinished],
+                                   platforms)
+            ctx.runs.up_to_date(run_id, unchanged)
+            unfinished -= set(unchanged)
+        tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
+                            job_kwargs(job, retries, options))
+                 for job in jobs if str(job) in unfinished}
+        ctx.runs.remember_tasks(run_id, tasks)
+        for _, args, kwargs in tasks.values():
+            sync_image.apply_async(args=args, kwargs=kwargs)
+        if retry_later is not None:
+            raise retry_later  # Celery retries the expansion; the jobs sent again are harmless
+        ctx.runs.expanded(run_id, rule["rule"])
 
 
 CATALOG_THREADS = 8  # tag lists read (or tags asked about) at once by one expansion
@@ -240,8 +265,10 @@ def start_scheduled_run(schedule: dict) -> str | None:
     ctx = context()
     entry = Schedule(**schedule)
     last_key = f"{ctx.settings.redis_prefix}schedule:{entry.name}:run"
-    # One firing at a time per schedule, even with two beats by mistake.
-    if not ctx.redis.set(f"{last_key}:lock", os.getpid(), nx=True, ex=60):
+    # One firing at a time per schedule, even with two beats by mistake. A token lock: once
+    # its TTL ran out the next firing may hold it, and only the owner's token releases it.
+    lock = ctx.redis.lock(f"{last_key}:lock", timeout=60, thread_local=False)
+    if not lock.acquire(blocking=False):
         log.warning("schedule %s: another firing is starting a run; skipped", entry.name)
         return None
     try:
@@ -262,4 +289,8 @@ def start_scheduled_run(schedule: dict) -> str | None:
                  started.tasks)
         return started.run_id
     finally:
-        ctx.redis.delete(f"{last_key}:lock")
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("schedule %s: the firing lock expired before this firing ended; "
+                        "left to its new holder", entry.name)

@@ -11,6 +11,7 @@ one `/v2/` ping per process, tokens cached per scope.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from migrator.auth import RegistryAuth
 from migrator.errors import (
     AuthError,
     BlobUnknownOnPush,
+    DigestMismatch,
     MigratorError,
     RegistryError,
     RetryableError,
@@ -528,6 +530,20 @@ class RegistryClient:
         return self.request("GET", f"/v2/{repository}/blobs/{digest}", stream=True,
                             headers=headers, expect=(200, 206) if offset else (200,),
                             scopes=(repository_scope(repository, "pull"),))
+
+    def read_blob(self, repository: str, digest: str, limit: int) -> bytes:
+        """A small blob (an image config) whole, at most `limit` bytes, its digest checked:
+        the engine reads what it decides on, so the bytes must be the ones the digest names."""
+        algorithm = digest.partition(":")[0]
+        if algorithm not in ("sha256", "sha512"):
+            raise DigestMismatch(f"blob {digest}", expected=digest, got="unsupported algorithm")
+        response = self.open_blob(repository, digest)
+        with response:
+            raw = read_capped(response, limit, self.timeout[1], f"blob {digest}", decode=False)
+        got = f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
+        if got != digest:
+            raise DigestMismatch(f"blob {digest}", expected=digest, got=got)
+        return raw
 
     def mount_blob(self, repository: str, digest: str, from_repository: str) -> str | None:
         """Cross-repository mount: None when mounted (201), else the upload URL it opened."""

@@ -26,6 +26,12 @@ IMAGE_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 # Every type in Accept: without the list types a registry answers with one platform's child,
 # without any a schema2 manifest may be converted to schema1.
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+# The configs that describe a runnable image, and so name its platform. Any other config type
+# (OCI's empty config, Helm's, an SBOM's) belongs to an artifact, which has no platform.
+IMAGE_CONFIG_TYPES = (
+    "application/vnd.docker.container.image.v1+json",
+    "application/vnd.oci.image.config.v1+json",
+)
 
 # Layers that must not be pushed anywhere (Windows base layers): the peers skip them too.
 FOREIGN_LAYER_TYPES = (
@@ -57,6 +63,7 @@ class Manifest:
     digest: str
     blobs: tuple[Descriptor, ...] = field(default=())
     children: tuple[Descriptor, ...] = field(default=())
+    config: Descriptor | None = None  # an image manifest's config blob (also in `blobs`)
 
     @property
     def is_index(self) -> bool:
@@ -94,8 +101,31 @@ def _platform(value: object) -> str:
 
 
 def platform_matches(platform: str, wanted: frozenset[str]) -> bool:
-    """`linux/arm64` matches `linux/arm64` and `linux/arm64/v8`; `linux/arm/v7` only itself."""
-    return platform in wanted or "/".join(platform.split("/")[:2]) in wanted
+    """Whether `platform` (`os/arch[/variant]`) is one of `wanted`, where an entry's os or
+    architecture may be `*` (image-syncer's `--arch amd64` alone is `*/amd64`, `--os linux`
+    alone `linux/*`). An entry without a variant matches every variant: `linux/arm64` matches
+    `linux/arm64` and `linux/arm64/v8`; an entry with one only that variant (`linux/arm/v7`)."""
+    have = platform.split("/")
+    if len(have) < 2:
+        return False
+    for entry in wanted:
+        want = entry.split("/")
+        if len(want) < 2 or want[0] not in ("*", have[0]) or want[1] not in ("*", have[1]):
+            continue
+        if len(want) > 2 and want[2] != "*" and (len(have) < 3 or want[2] != have[2]):
+            continue
+        return True
+    return False
+
+
+def config_platform(raw: bytes) -> str:
+    """`os/architecture[/variant]` named by an image config blob, or "" when it names none
+    (no `os` or `architecture`, or not a JSON object): such an image is not filtered out."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return ""
+    return _platform(body) if isinstance(body, dict) else ""
 
 
 def filter_index(index: Manifest, platforms: frozenset[str]) -> Manifest:
@@ -144,11 +174,13 @@ def parse_manifest(raw: bytes, content_type: str, digest: str | None = None) -> 
         return Manifest(raw, media_type, computed, children=children)
     if media_type in IMAGE_TYPES:
         blobs = []
+        config = None
         if body.get("config") is not None:
-            blobs.append(_descriptor(body["config"], "config"))
+            config = _descriptor(body["config"], "config")
+            blobs.append(config)
         for layer in body.get("layers") or []:
             descriptor = _descriptor(layer, "layers")
             if descriptor.media_type not in FOREIGN_LAYER_TYPES:
                 blobs.append(descriptor)
-        return Manifest(raw, media_type, computed, blobs=tuple(blobs))
+        return Manifest(raw, media_type, computed, blobs=tuple(blobs), config=config)
     raise ManifestUnsupported(f"unsupported manifest media type {media_type!r}")

@@ -60,13 +60,14 @@ class Pace:
 
 
 def read_capped(response: requests.Response, limit: int, window: float, what: str, *,
-                truncate: bool = False) -> bytes:
+                truncate: bool = False, decode: bool = True) -> bytes:
     """At most `limit` bytes of a streamed answer's body, decoded, read at a bounded pace.
 
     Larger: `RegistryError` (or, with `truncate`, the first `limit` bytes and the connection
     closed), found out from Content-Length before reading when the server declares it. What a
     registry says is never trusted to be small: a manifest, a tag list, an error body or a
     token answer of 100 MiB (or a gzip bomb) costs at most `limit` bytes of memory.
+    `decode=False` keeps a Content-Encoding as sent: a blob's digest names its bytes as stored.
     """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit and not truncate:
@@ -77,7 +78,7 @@ def read_capped(response: requests.Response, limit: int, window: float, what: st
     total = 0
     try:
         while total <= limit:
-            piece = response.raw.read1(min(RECEIVE, limit + 1 - total), decode_content=True)
+            piece = response.raw.read1(min(RECEIVE, limit + 1 - total), decode_content=decode)
             if not piece:
                 break
             parts.append(piece)

@@ -41,6 +41,8 @@ EXPECTED = {
     "quay.io/acme/report:1.4": f"{REPO}/report:1.4",  # cronjob
     "quay.io/acme/report-init:1.4": f"{REPO}/report-init:1.4",  # cronjob init container
     "registry.k8s.io/coredns/coredns:v1.11.1": f"{REPO}/coredns:v1.11.1",  # pod in kube-system
+    # registry/repository with no namespace: a rule like any other (image-syncer v1.5 reads it)
+    "registry.k8s.io/kube-proxy:v1.30.2": f"{REPO}/kube-proxy:v1.30.2",  # kube-system daemonset
 }
 
 
@@ -145,7 +147,7 @@ def test_writes_a_rule_for_every_image_of_every_workload(config: Config, api: k.
     assert lines[0] == f"reading {api.url} (context 'admin' of {config.kubeconfig})"
     assert lines[1] == ("scanned 5 namespaces: 17 workloads (7 Pod, 2 Deployment, "
                         "1 StatefulSet, 2 DaemonSet, 3 ReplicaSet, 1 Job, 1 CronJob)")
-    assert lines[2] == "found 16 images: 12 new rules, 0 conflicts, 4 skipped"
+    assert lines[2] == "found 16 images: 13 new rules, 0 conflicts, 3 skipped"
     assert f"skipped '{REPO}/tools:1' (in pod default/stale (container app)): already in " \
            f"the target {REPO}" in lines
     assert any(line.startswith("skipped 'Nginx:1.25' (in pod default/typo (container app)): "
@@ -153,12 +155,8 @@ def test_writes_a_rule_for_every_image_of_every_workload(config: Config, api: k.
     assert any(line.startswith("skipped 'docker.io/library/nginx:1.24' (in replicaset "
                                "web/front-6c7f8 (container app)): only in past revisions")
                for line in lines)
-    assert any(line.startswith("skipped 'registry.k8s.io/kube-proxy:v1.30.2' (in pod "
-                               "kube-system/kube-proxy-7xk2v (container kube-proxy) and 1 "
-                               "more): "
-                               "no namespace between registry and repository")
-               for line in lines)
-    assert lines[-1] == f"wrote 12 rules to {config.output}"
+    assert not any("kube-proxy" in line for line in lines if line.startswith("skipped"))
+    assert lines[-1] == f"wrote 13 rules to {config.output}"
 
 
 def test_every_list_is_read_cluster_wide_with_the_token(config: Config, api: k.FakeKubeAPI):
@@ -370,12 +368,12 @@ def test_merge_keeps_existing_entries_and_reports_the_new_ones(config: Config):
     added = {s: t for s, t in EXPECTED.items()
              if s not in ("docker.io/library/nginx:1.25", "quay.io/acme/report:1.4")}
     assert config.written() == {**existing, **added}
-    assert "found 16 images: 10 new rules, 2 already in the file, 0 conflicts, 4 skipped" in err
-    assert f"merged into {config.output}: 3 existing entries kept, 10 added" in err
+    assert "found 16 images: 11 new rules, 2 already in the file, 0 conflicts, 3 skipped" in err
+    assert f"merged into {config.output}: 3 existing entries kept, 11 added" in err
     assert f"added ghcr.io/acme/api:2.1.0 -> {REPO}/api:2.1.0" in err.splitlines()
     rules = load_rules(config.output, default_registry="registry.example.com",
                        default_namespace="test")  # still a file `migrator sync` accepts
-    assert len(rules) == 3 + 10
+    assert len(rules) == 3 + 11
 
     code, _, err = config("--merge")  # a second run finds nothing new
     assert code == EXIT_OK

@@ -278,7 +278,7 @@ def test_permanent_failures_are_recorded_with_reasons_and_written_out(fleet, sou
 
 
 def test_bad_rules_enqueue_nothing(fleet, source_registry, target_registry):
-    fleet.write({f"{source_registry.host}/ns": f"{target_registry.host}/copy/x"},
+    fleet.write({source_registry.host: f"{target_registry.host}/copy/x"},  # a whole registry
                 insecure(source_registry, target_registry))
     code, _, err = fleet.enqueue()
     assert code == EXIT_BAD_INPUT

@@ -106,3 +106,80 @@ def test_threads_of_one_process_queue_locally_not_on_redis(ledger, redis_client)
         pass
     holder.join()
     assert set_calls() - before <= 3  # the waiter's one SET NX, with room for a stray client
+
+
+def test_the_holder_of_a_blob_lock_learns_that_another_worker_took_it(ledger, redis_client,
+                                                                     prefix, caplog):
+    key = f"{prefix}lock:reg:{DIGEST}"
+    with ledger.blob_lock("reg", DIGEST) as held:
+        assert not held.lost()
+        redis_client.set(key, "another worker", px=60_000)  # expired, then taken
+        assert held.lost()
+    assert redis_client.get(key) == b"another worker"  # not released by who lost it
+    assert [record.levelname for record in caplog.records
+            if "lost the lock" in record.getMessage()] == ["WARNING"]
+
+
+def test_a_copy_whose_blob_lock_ran_out_asks_the_target_instead_of_the_ledger(
+        redis_client, prefix, source_registry, target_registry, caplog):
+    """The lock on a layer runs out under the copy holding it (a pause longer than the TTL)
+    and another worker takes it; the ledger then names the target repository as holding the
+    layer, which the holder can no longer vouch for (here it is wrong: the target lacks it).
+    The renewer logs the loss, naming registry and digest, and the copy asks the target and
+    uploads, instead of skipping and having its manifest PUT refused."""
+    import logging
+    import threading
+
+    from migrator.auth import AuthFile, RegistryAuth
+    from migrator.copy import ClientPool, Clients, copy_image
+    from migrator.fleet import job_from_args
+    from migrator.settings import load_settings
+    from tests.support.images import blob_exists, make_layer, push_image
+
+    caplog.set_level(logging.WARNING, logger="migrator")
+    image = push_image(source_registry, "ns/app", "1", layers=[make_layer(32 * 1024, 51)])
+    layer = image.blobs[-1]
+    lock_key = f"{prefix}lock:{target_registry.host}:{layer}"
+    loss_logged = threading.Event()
+
+    class Spotter(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "lost the lock" in record.getMessage():
+                loss_logged.set()
+
+    class PausedHolder(RedisLedger):
+        taken = False
+        logged_before_asked = False  # then the renewer told, not the holder's own question
+
+        def blob_repositories(self, registry: str, digest: str) -> set[str]:
+            if digest == layer and not self.taken and self.redis.exists(lock_key):
+                self.taken = True  # inside the lock, the holder's first look at the ledger
+                self.redis.set(lock_key, "another worker", px=60_000)
+                self.add_blob(registry, digest, "t/app")
+                # The renewer (every TTL/3) finds out, or never does.
+                self.logged_before_asked = loss_logged.wait(3)
+            return super().blob_repositories(registry, digest)
+
+    spotter = Spotter()
+    logging.getLogger("migrator.ledger").addHandler(spotter)
+    try:
+        settings = load_settings({})
+        auth = AuthFile("auth.json", {r.host: RegistryAuth(insecure=True)
+                                      for r in (source_registry, target_registry)})
+        ledger = PausedHolder(redis_client, prefix=prefix, lock_ttl=0.6)
+        mark = target_registry.mark()
+        result = copy_image(job_from_args(f"{source_registry.host}/ns/app:1",
+                                          f"{target_registry.host}/t/app"),
+                            clients=Clients(auth, ClientPool(settings)), ledger=ledger,
+                            settings=settings)
+    finally:
+        logging.getLogger("migrator.ledger").removeHandler(spotter)
+    assert ledger.taken and ledger.logged_before_asked
+    lost = [record for record in caplog.records if "lost the lock" in record.getMessage()]
+    assert len(lost) == 1 and lost[0].levelname == "WARNING"
+    assert target_registry.host in lost[0].getMessage() and layer in lost[0].getMessage()
+    assert (result.blobs_copied, result.blobs_skipped, result.blobs_mounted) == (2, 0, 0)
+    assert [r for r in target_registry.requests(mark)
+            if r[0] == "PUT" and "/manifests/" in r[1] and r[2] != 201] == []  # no refusal
+    assert blob_exists(target_registry, "t/app", layer)
+    assert redis_client.get(lock_key) == b"another worker"  # the new holder's, left alone

@@ -314,7 +314,7 @@ def test_bad_input_reports_every_problem_and_copies_nothing(sync, source_registr
     code, out, err = sync(
         {
             f"{src}/ns/ok:1": f"{dst}/t/ok",
-            f"{src}/ns": f"{dst}/t/whole",  # rule 1
+            src: f"{dst}/t/whole",  # rule 1: a whole registry
             f"{src}/ns/all": f"{dst}/t/all:tagged",  # rule 6
             f"{src}/ns/default:1": "",  # rule 8 with no defaults
         },
@@ -460,15 +460,16 @@ def test_invalid_setting_is_bad_input(sync, source_registry, target_registry):
 
 def test_console_script_runs_as_a_process(tmp_path, source_registry, target_registry):
     import os
-    import shutil
     import subprocess
+    import sys
 
     image = push_image(source_registry, "ns/proc", "1", layers=layers(86))
     (tmp_path / "images.yaml").write_text(
         f"{source_registry.host}/ns/proc:1: {target_registry.host}/t/proc\n")
     (tmp_path / "auth.yaml").write_text(
         f"{source_registry.host}:\n  insecure: true\n{target_registry.host}:\n  insecure: true\n")
-    migrator = shutil.which("migrator") or "migrator"
+    # The virtualenv's own script: nothing named migrator need be on PATH (nor should be).
+    migrator = Path(sys.executable).parent / "migrator"
     done = subprocess.run(
         [migrator, "sync", "--images", "images.yaml", "--auth", "auth.yaml", "-w", "2", "-r", "0"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,

@@ -174,8 +174,29 @@ def test_bad_keys(tmp_path, key):
 
 
 def test_same_registry_twice_after_normalisation(tmp_path):
-    (problem,) = problems(tmp_path, {"docker.io": {}, "index.docker.io": {}})
-    assert problem == "auth.json: 'index.docker.io': same registry as 'docker.io'"
+    (problem,) = problems(tmp_path, {"docker.io": {}, "index.docker.io": {"insecure": True}})
+    assert problem == ("auth.json: 'index.docker.io': same registry as 'docker.io', with other "
+                       "settings: keep one of the two")
+
+
+def test_docker_hub_under_each_of_its_names_with_the_same_entry(tmp_path):
+    entry = {"username": "$HUB_USER", "password": "$HUB_PASSWORD"}
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({name: entry for name in (
+        "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "docker.io")}))
+    auth = load_auth(str(path), environ={"HUB_USER": "me", "HUB_PASSWORD": "pw"}, required=True)
+    assert list(auth.entries) == ["docker.io"]
+    assert auth.lookup("docker.io", "library/nginx").username == "me"
+
+
+def test_a_key_from_the_environment(tmp_path):
+    path = tmp_path / "auth.yaml"
+    path.write_text("$TARGET_REGISTRY: {username: u, password: p}\n")
+    auth = load_auth(str(path), environ={"TARGET_REGISTRY": "Harbor.example.com"}, required=True)
+    assert list(auth.entries) == ["harbor.example.com"]
+    (problem,) = problems(tmp_path, {"${TARGET_REGISTRY}": {}})
+    assert problem == ("auth.json: '${TARGET_REGISTRY}': invalid key: environment variable "
+                       "TARGET_REGISTRY is not set or empty")
 
 
 def test_duplicate_keys_json(tmp_path):

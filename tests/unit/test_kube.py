@@ -181,11 +181,15 @@ def test_images_already_in_the_target_are_skipped():
     assert result.rules == {"registry.example.com/other/nginx:1.25": f"{REPO}/nginx:1.25"}
 
 
-def test_images_without_a_namespace_cannot_be_rule_sources_and_are_skipped():
-    result = plan_of("registry.k8s.io/pause:3.9", "registry.k8s.io/coredns/coredns:v1.11.1")
-    assert list(result.rules) == ["registry.k8s.io/coredns/coredns:v1.11.1"]
-    assert [s.image for s in result.skipped] == ["registry.k8s.io/pause:3.9"]
-    assert "registry/namespace/repository" in result.skipped[0].reason
+def test_images_without_a_namespace_get_rules_too():
+    # registry/repository is a valid source (image-syncer v1.5 reads names as Docker does).
+    result = plan_of("registry.k8s.io/pause:3.9", "registry.k8s.io/coredns/coredns:v1.11.1",
+                     "nginx:1.25")
+    assert result.rules == {"docker.io/library/nginx:1.25": f"{REPO}/nginx:1.25",
+                            "registry.k8s.io/coredns/coredns:v1.11.1": f"{REPO}/coredns:v1.11.1",
+                            "registry.k8s.io/pause:3.9": f"{REPO}/pause:3.9"}
+    assert result.skipped == []
+    round_trip(result.rules)
 
 
 def test_images_only_in_past_revisions_are_skipped_unless_asked_for():
@@ -238,7 +242,7 @@ def test_keep_namespace_still_reports_the_same_path_on_two_registries():
 
 
 def test_a_target_name_too_long_is_skipped():
-    source = "/".join(["a" * 60] * 4) + "/appxxxxx"  # 252 characters: valid as a source
+    source = "/".join(["a" * 60] * 4) + "/app"  # quay.io/ and 247: 255, valid as a source
     result = plan_of(f"quay.io/{source}:1", keep_namespace=True)
     assert result.rules == {}
     assert "no valid target name" in result.skipped[0].reason

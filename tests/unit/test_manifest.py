@@ -8,9 +8,13 @@ from migrator.errors import DigestMismatch, ManifestUnsupported
 from migrator.registry.manifest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
+    IMAGE_CONFIG_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
+    config_platform,
+    filter_index,
     parse_manifest,
+    platform_matches,
     sha256_digest,
 )
 
@@ -71,3 +75,67 @@ def test_bytes_must_hash_to_the_digest_asked_for():
         parse_manifest(raw, "", "sha256:" + "0" * 64)
     assert caught.value.expected == "sha256:" + "0" * 64
     assert caught.value.got == sha256_digest(raw)
+
+
+@pytest.mark.parametrize(("platform", "wanted", "matches"), [
+    ("linux/amd64", {"linux/amd64"}, True),
+    ("linux/arm64/v8", {"linux/arm64"}, True),  # an entry without variant: any variant
+    ("linux/arm/v6", {"linux/arm/v7"}, False),
+    ("linux/arm64", {"linux/arm64/v8"}, False),
+    ("linux/amd64", {"*/amd64"}, True),  # image-syncer's --arch amd64 alone
+    ("windows/amd64", {"*/amd64"}, True),
+    ("linux/arm64", {"*/amd64"}, False),
+    ("linux/s390x", {"linux/*"}, True),  # --os linux alone
+    ("linux/arm/v7", {"linux/*"}, True),
+    ("windows/amd64", {"linux/*"}, False),
+    ("linux/arm64/v8", {"*/arm64/v8"}, True),
+    ("linux/arm64/v9", {"*/arm64/v8"}, False),
+    ("linux/arm64", {"*/*"}, True),
+    ("linux/riscv64", {"linux/amd64", "*/riscv64"}, True),
+    ("", {"*/*"}, False),
+])
+def test_platform_filter_entries_may_leave_os_or_arch_open(platform, wanted, matches):
+    assert platform_matches(platform, frozenset(wanted)) is matches
+
+
+def test_index_children_are_filtered_with_wildcards():
+    raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {**descriptor("a"), "platform": {"os": "linux", "architecture": "amd64"}},
+        {**descriptor("b"), "platform": {"os": "windows", "architecture": "amd64"}},
+        {**descriptor("c"), "platform": {"os": "linux", "architecture": "arm64",
+                                         "variant": "v8"}},
+        descriptor("d"),  # an attestation: no platform, kept
+    ]}).encode()
+    index = parse_manifest(raw, OCI_INDEX)
+    kept = filter_index(index, frozenset({"*/amd64"}))
+    assert [child.digest[7] for child in kept.children] == ["a", "b", "d"]
+    kept = filter_index(index, frozenset({"linux/*"}))
+    assert [child.digest[7] for child in kept.children] == ["a", "c", "d"]
+
+
+def test_an_image_manifest_names_its_config():
+    body = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": descriptor("c", media_type=IMAGE_CONFIG_TYPES[1]),
+            "layers": [descriptor("1")]}
+    manifest = parse_manifest(json.dumps(body).encode(), "")
+    assert manifest.config is not None and manifest.config.digest == "sha256:" + "c" * 64
+    assert manifest.config.media_type == IMAGE_CONFIG_TYPES[1]
+    assert manifest.blobs[0] == manifest.config
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+    assert parse_manifest(index, "").config is None
+
+
+@pytest.mark.parametrize(("config", "platform"), [
+    ({"os": "linux", "architecture": "arm64", "variant": "v8", "rootfs": {}}, "linux/arm64/v8"),
+    ({"os": "windows", "architecture": "amd64", "os.version": "10.0.17763"}, "windows/amd64"),
+    ({"architecture": "amd64"}, ""),  # no os: nothing to filter on
+    ({"os": "linux", "architecture": ""}, ""),
+    ({}, ""),  # OCI's empty config
+    ([], ""),
+])
+def test_platform_of_an_image_config(config, platform):
+    assert config_platform(json.dumps(config).encode()) == platform
+
+
+def test_a_config_that_is_not_json_names_no_platform():
+    assert config_platform(b"\x1f\x8b not json") == ""

@@ -53,3 +53,36 @@ def test_human_bytes():
     assert human_bytes(512) == "512 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(5 * 1024**3) == "5.0 GiB"
+
+
+def test_skipped_images_are_counted_apart_and_shown(monkeypatch):
+    from migrator.copy import CopyResult
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)
+    stream = io.StringIO()
+    reporter = ConsoleReporter(stream)
+    reporter.add_total(3)
+    reporter.image_done("a", CopyResult("a", outcome="skipped"), None)
+    reporter.image_done("b", CopyResult("b"), None)
+    reporter.image_done("c", None, "boom")
+    assert (reporter.done, reporter.failed, reporter.skipped) == (3, 1, 1)
+    assert reporter.status_line().startswith("progress: 3/3 images, 1 failed, 1 skipped, ")
+    reporter.image_done("a", CopyResult("a", outcome="skipped"), None)  # counted once
+    assert reporter.skipped == 1
+    reporter.set_counts(total=5, done=4, failed=0, copied_bytes=0, skipped=2)
+    assert "2 skipped" in reporter.status_line()
+
+
+def test_the_live_bar_shows_skipped_images():
+    from migrator.copy import CopyResult
+
+    stream = io.StringIO()
+    reporter = ConsoleReporter(stream, live=True)
+    reporter.add_total(3)
+    reporter.phase("Start to handle images tasks, please wait ...")
+    for job in ("a", "b", "c"):
+        reporter.image_done(job, CopyResult(job, outcome="skipped"), None)
+    reporter._progress.refresh()
+    drawn = stream.getvalue()
+    reporter.close()
+    assert "3/3" in drawn and "3 skipped" in drawn

@@ -42,13 +42,27 @@ class TestSplitName:
     def test_deep_path(self):
         assert split_name("harbor.local:8443/a/b/c/repo") == ("harbor.local:8443", "a/b/c/repo")
 
-    @pytest.mark.parametrize("name", ["quay.io", "quay.io/etcd"])
-    def test_too_short(self, name):
-        with pytest.raises(ReferenceError, match="registry/namespace/repository"):
-            split_name(name)
+    @pytest.mark.parametrize(
+        ("name", "expected"),
+        [
+            ("quay.io/etcd", ("quay.io", "etcd")),  # registry/repository, no namespace
+            ("registry.k8s.io/pause", ("registry.k8s.io", "pause")),
+            ("registry:5000/team/olm", ("registry:5000", "team/olm")),  # a port, no dot
+            ("localhost/app", ("localhost", "app")),
+            ("nginx", ("docker.io", "library/nginx")),  # Docker Hub's official images
+            ("docker.io/nginx", ("docker.io", "library/nginx")),
+            ("index.docker.io/nginx", ("docker.io", "library/nginx")),
+            ("grafana/grafana", ("docker.io", "grafana/grafana")),
+            ("quay/etcd", ("docker.io", "quay/etcd")),  # no dot, no port: a Hub namespace
+            ("quay.io", ("docker.io", "library/quay.io")),  # as Docker reads it; rules refuse
+        ],
+    )
+    def test_read_as_docker_pull_reads_it(self, name, expected):
+        assert split_name(name) == expected
 
-    def test_min_depth(self):
-        assert split_name("quay.io/etcd", min_depth=2) == ("quay.io", "etcd")
+    def test_empty_component(self):
+        with pytest.raises(ReferenceError, match="empty path component"):
+            split_name("quay.io//etcd")
 
 
 class TestParse:
@@ -123,8 +137,7 @@ class TestParse:
             "quay.io/ns/repo@sha256:" + "A" * 64,
             "quay.io/ns/repo:v1,v2",  # several tags: only rules accept that
             "bad_host!/ns/repo",
-            "nginx",  # docker-style short names are not rule references
-            "library/nginx",
+            "Nginx",  # uppercase, read on Docker Hub
             "",
         ],
     )

@@ -84,22 +84,21 @@ def test_spec_example():
 # --- rule 1: the largest unit is a repository ---------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("source", "unit"),
-    [("quay.io", "registry"), ("quay.io/coreos", "namespace"), ("quay.io/coreos:v1", "namespace")],
-)
-def test_rule1_no_whole_registry_or_namespace(source, unit):
+@pytest.mark.parametrize("source", ["quay.io", "quay.io:/v1/", "localhost:5000"])
+def test_rule1_no_whole_registry(source):
     (problem,) = problems_of({source: "registry.example.com/test/etcd"})
-    assert problem.startswith(f"images.json: '{source}': the source names a whole {unit}")
+    assert problem.startswith(f"images.json: '{source}': the source names a whole registry")
     assert "cannot copy a whole namespace or registry" in problem
 
 
-def test_rule1_docker_hub_hint():
-    (problem,) = problems_of({"docker.io/nginx": ""})
-    assert "docker.io/library/nginx" in problem
+def test_rule1_a_registry_and_one_component_is_a_repository():
+    # image-syncer v1.5 reads `quay.io/coreos` as Docker does: the repository `coreos`.
+    rule = one_rule("quay.io/coreos:v1", "registry.example.com/test")
+    assert (rule.source, rule.tags, rule.target) == (
+        Reference("quay.io", "coreos"), ("v1",), Reference("registry.example.com", "test"))
 
 
-# --- rules 2 and 3: registry/namespace/repository, deeper paths allowed --------------------
+# --- rules 2 and 3: references read as `docker pull` reads them ------------------------------
 
 
 def test_rule3_deep_paths():
@@ -111,18 +110,51 @@ def test_rule3_deep_paths():
     ]
 
 
-@pytest.mark.parametrize("source", ["nginx", "library/nginx:1.25"])
-def test_rule3_short_source(source):
-    (problem,) = problems_of({source: ""})
-    assert "at least registry/namespace/repository" in problem
-    assert "docker.io/library/nginx" in problem
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [
+        ("nginx:latest", "registry.example.com/test/nginx",
+         "docker.io/library/nginx:latest -> registry.example.com/test/nginx:latest"),
+        ("library/nginx:1.25", "lchdzh/nginx",
+         "docker.io/library/nginx:1.25 -> docker.io/lchdzh/nginx:1.25"),
+        ("docker.io/nginx:1.21-alpine", "lchdzh/nginx:1.21-alpine",
+         "docker.io/library/nginx:1.21-alpine -> docker.io/lchdzh/nginx:1.21-alpine"),
+        ("grafana/grafana:11.3.2", "registry:5000/image-syncer-test/grafana",
+         "docker.io/grafana/grafana:11.3.2 -> registry:5000/image-syncer-test/grafana:11.3.2"),
+        ("k8s.gcr.io/pause:3.2", "davidliyutong/pause",
+         "k8s.gcr.io/pause:3.2 -> docker.io/davidliyutong/pause:3.2"),
+        ("registry.hub.docker.com/library/redis:7", "index.docker.io/me/redis",
+         "docker.io/library/redis:7 -> docker.io/me/redis:7"),
+        ("registry-1.docker.io/bitnami/redis:7", "localhost:5000/redis",
+         "docker.io/bitnami/redis:7 -> localhost:5000/redis:7"),
+    ],
+)
+def test_rule3_docker_short_names(source, target, expected):
+    assert job_strings(one_rule(source, target)) == [expected]
 
 
-def test_rule3_short_target_hints_the_repository_name():
-    (problem,) = problems_of({"quay.io/coreos/etcd:v1": "registry.example.com/test"})
+def test_rule3_docker_short_name_without_tag_copies_every_tag():
+    rule = one_rule("kubernetesui/dashboard", "registry.example.com/k/dashboard")
+    assert rule.source == Reference("docker.io", "kubernetesui/dashboard")
+    assert rule.needs_tag_list
+
+
+def test_rule3_regex_on_a_docker_hub_name():
+    rule = one_rule("docker.io/consul:/^1\\./", "registry.example.com/x/consul")
+    assert (rule.source, rule.tag_pattern) == (Reference("docker.io", "library/consul"), "^1\\.")
+
+
+def test_rule8_default_target_of_a_docker_hub_name():
+    rule = one_rule("redis:7.2.7-alpine", "")
+    assert job_strings(rule) == ["docker.io/library/redis:7.2.7-alpine -> "
+                                 "registry.example.com/test/redis:7.2.7-alpine"]
+
+
+def test_rule3_a_target_that_is_only_a_registry_hints_the_repository_name():
+    (problem,) = problems_of({"quay.io/coreos/etcd:v1": "registry.example.com"})
     assert problem == (
-        "images.json: 'quay.io/coreos/etcd:v1': target 'registry.example.com/test': the target "
-        "names a whole namespace, not a repository: write registry.example.com/test/etcd"
+        "images.json: 'quay.io/coreos/etcd:v1': target 'registry.example.com': the target "
+        "names a whole registry, not a repository: write registry.example.com/etcd"
     )
 
 
@@ -422,7 +454,7 @@ def test_regex_with_port_in_registry():
         ("quay.io/coreos/etcd://", "the tag regex is empty"),
         ("quay.io/coreos/etcd:/v1.*", "a tag regex is written between slashes"),
         ("quay.io/coreos/etcd:/", "a tag regex is written between slashes"),
-        ("quay.io/coreos:/v1/", "whole namespace"),
+        ("quay.io:/v1/", "whole registry"),
     ],
 )
 def test_bad_regex(source, fragment):
@@ -528,7 +560,7 @@ def test_unknown_tags_are_not_conflicts():
 def test_all_problems_reported_at_once():
     problems = problems_of(
         {
-            "quay.io/coreos": "r.io/a/b",  # rule 1
+            "quay.io": "r.io/a/b",  # rule 1
             "quay.io/coreos/etcd": "r.io/a/etcd:v1",  # rule 6
             "quay.io/coreos/ok:v1": "r.io/a/ok",  # fine
             "quay.io/coreos/x:/(/": "",  # bad regex
@@ -536,7 +568,7 @@ def test_all_problems_reported_at_once():
     )
     assert len(problems) == 3
     assert [problem.split(": ")[1] for problem in problems] == [
-        "'quay.io/coreos'",
+        "'quay.io'",
         "'quay.io/coreos/etcd'",
         "'quay.io/coreos/x:/(/'",
     ]
@@ -727,7 +759,7 @@ def test_three_bad_entries_three_lines(tmp_path):
     path = write(
         tmp_path,
         "images.yaml",
-        "quay.io/coreos: r.io/a/b\n"
+        "quay.io/coreos/a: r.io\n"
         "quay.io/coreos/etcd: r.io/a/etcd:v1\n"
         "quay.io/coreos/ok:v1: r.io/a/ok\n"
         "quay.io/coreos/x: 5\n",
@@ -988,8 +1020,8 @@ def test_catalog_problems(source, target, fragment):
 def test_catalog_true_needs_a_star_and_the_hint_names_it():
     (problem,) = problems_of({"quay.io/a/etcd": {"catalog": True}})
     assert "catalog: true needs a source ending in '/*'" in problem
-    problems = problems_of({"quay.io/coreos": {"catalog": True}})
-    assert problems[0].endswith("or quay.io/coreos/* for every repository the registry lists")
+    problems = problems_of({"quay.io": {"catalog": True}})
+    assert problems[0].endswith("or quay.io/* for every repository the registry lists")
 
 
 def test_filters_travel_to_the_fleet_as_plain_json():
@@ -1061,9 +1093,9 @@ def test_an_alias_to_its_own_container_is_refused(tmp_path):
 
 def test_a_few_aliases_are_fine(tmp_path):
     path = tmp_path / "images.yaml"
-    path.write_text("base: &t b.io/ns/x\na.io/ns/x:1: *t\na.io/ns/x:2: [*t]\n")
+    path.write_text("_base: &t b.io/ns/x\na.io/ns/x:1: *t\na.io/ns/x:2: [*t]\n")
     problems = load_problems(str(path))
-    assert len(problems) == 1 and "'base'" in problems[0]  # only the anchor's own entry
+    assert len(problems) == 1 and "'_base'" in problems[0]  # only the anchor's own entry
 
 
 @pytest.mark.parametrize(
