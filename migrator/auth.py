@@ -14,9 +14,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import SecretStr, ValidationError
 
 from migrator.documents import (
     SCHEME,
@@ -26,69 +25,21 @@ from migrator.documents import (
     load_document,
     quote,
 )
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, InvalidReference
 from migrator.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
-    ReferenceError,
     check_characters,
     check_registry,
     check_repository,
 )
 
+# The type of an entry belongs to the registry client, which uses it; it stays importable
+# from here, where copy.py, fleet.py and tests look for it.
+from migrator.registry.credentials import RegistryAuth
+
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 SECRET_FIELDS = ("username", "password")  # the fields that may name an environment variable
-
-
-class RegistryAuth(BaseModel):
-    """Credentials and transport settings for one registry (or one namespace of it)."""
-
-    # strict: `"insecure": "false"` must be an error, not True. hide_input_in_errors: a
-    # ValidationError printed anywhere must not show a password.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, hide_input_in_errors=True)
-
-    username: str | None = None
-    password: SecretStr | None = None
-    # Plain HTTP is allowed; like the peers, an unverifiable TLS certificate is then accepted
-    # too, unless `tls_verify` or `ca_file` says otherwise.
-    insecure: bool = False
-    tls_verify: bool | None = None  # explicit override of certificate verification
-    ca_file: str | None = None  # CA bundle to verify this registry's certificate
-    # Politeness, enforced across the whole fleet (migrator/throttle.py).
-    requests_per_second: float | None = Field(None, gt=0)
-    concurrent_requests: int | None = Field(None, gt=0)
-    # HTTP(S) proxy for this registry; without it, the standard *_PROXY variables apply.
-    # Secret: a proxy URL may carry a user and password.
-    proxy: SecretStr | None = None
-
-    @field_validator("proxy")
-    @classmethod
-    def _proxy_is_a_proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname \
-                or parts.path not in ("", "/") or parts.query:
-            raise ValueError("must be a proxy URL such as http://proxy.example:3128")
-        return value
-
-    @property
-    def allow_plain_http(self) -> bool:
-        return self.insecure
-
-    @property
-    def verify(self) -> bool | str:
-        """The value for requests' `verify=`: False, True, or the CA bundle path."""
-        if self.tls_verify is False:
-            return False
-        # A CA bundle given explicitly asks for verification, even on an `insecure` registry.
-        if self.tls_verify is None and self.insecure and self.ca_file is None:
-            return False
-        return self.ca_file or True
-
-    @property
-    def anonymous(self) -> bool:
-        return not self.username and not (self.password and self.password.get_secret_value())
 
 
 def _normalize_registry(registry: str) -> str:
@@ -121,14 +72,14 @@ class AuthFile:
 def _normalize_key(key: str) -> str:
     """`registry[:port][/namespace/...]`, checked with the reference grammar."""
     if SCHEME.match(key):
-        raise ReferenceError("write the registry without a scheme such as https://")
+        raise InvalidReference("write the registry without a scheme such as https://")
     if "@" in key:  # user:password@registry: the message must not repeat the key's text
-        raise ReferenceError("a key names a registry, without user:password@: put the "
-                             "credentials in username and password")
+        raise InvalidReference("a key names a registry, without user:password@: put the "
+                                 "credentials in username and password")
     check_characters(key)
     parts = key.split("/")
     if any(not part for part in parts):
-        raise ReferenceError("expected registry or registry/namespace, without empty components")
+        raise InvalidReference("expected registry or registry/namespace, without empty components")
     registry = _normalize_registry(check_registry(parts[0]))
     if len(parts) > 1:
         check_repository("/".join(parts[1:]))
@@ -144,7 +95,7 @@ def _expand_key(key: str, environ: Mapping[str, str]) -> str:
     variable = match.group(1) or match.group(2)
     value = environ.get(variable, "").strip()
     if not value:
-        raise ReferenceError(f"environment variable {variable} is not set or empty")
+        raise InvalidReference(f"environment variable {variable} is not set or empty")
     return value
 
 
@@ -288,7 +239,7 @@ def parse_auth(data: object, *, name: str, environ: Mapping[str, str], base_dir:
         normalized = None
         try:
             normalized = _normalize_key(_expand_key(key, environ))
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             problems.append(f"{where}: invalid key: {exc}")
         if value is None:
             value = {}  # YAML `quay.io/coreos:` with nothing after it: anonymous

@@ -27,10 +27,11 @@ import requests
 import urllib3.exceptions
 
 from migrator.errors import DigestMismatch, MigratorError, RegistryError, TransportError
-from migrator.ledger import Ledger, UploadSession
+from migrator.ledger import Ledger
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import Descriptor
 from migrator.registry.stream import Pace, read_block
+from migrator.registry.upload import UploadSession
 from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ class ResumableBlobReader:
         self.settings = settings
         self.on_bytes = on_bytes
         self.position = 0
-        self.rehashed = 0  # bytes read again only to hash them (a resume without hash state)
         self._hash = hashlib.new(algorithm)
         self._checkpoints: dict[int, Any] = {0: self._hash.copy()}
         self._response: requests.Response | None = None
@@ -80,8 +80,7 @@ class ResumableBlobReader:
         self._hash, self.position = self._checkpoints[0].copy(), 0
         self._open()
         while self.position < offset:  # read to hash, send nothing
-            piece = self._read_some(min(self.settings.chunk_size, offset - self.position))
-            self.rehashed += len(piece)
+            self._read_some(min(self.settings.chunk_size, offset - self.position))
         log.info("%s: hashed the first %d bytes again to resume its upload", self.blob.digest,
                  offset)
 

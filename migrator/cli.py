@@ -20,6 +20,17 @@ from pydantic import ValidationError
 
 from migrator import __version__
 from migrator.auth import SECRET_FIELDS, AuthFile, load_auth, parse_auth
+from migrator.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    non_negative_int,
+    platform_list,
+    positive_int,
+    regex,
+)
 from migrator.errors import ClusterError, ConfigError
 from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
 from migrator.reference import ReferenceError, combine_platforms, os_arch_platforms
@@ -30,11 +41,6 @@ if TYPE_CHECKING:
     from migrator.runner import Summary
     from migrator.runs import RunState, RunStore
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # the run ended, some images or rules failed
-EXIT_BAD_INPUT = 2  # nothing ran: flags, rules or auth file are wrong
-EXIT_UNAVAILABLE = 3  # nothing ran: Redis (broker, ledger, runs) could not be reached
-EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("migrator")
 
@@ -98,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", action="store_true", help="follow the run until it ends")
     status.add_argument("--json", action="store_true", help="print the run as JSON")
     add_watch_flags(status)
-    from migrator.kube import add_config_parser  # its module is only for `config`
+    from migrator.commands.config import add_config_parser  # imports kube: only for `config`
 
     add_config_parser(commands)
     return parser
@@ -185,45 +191,6 @@ def add_watch_flags(parser: argparse.ArgumentParser) -> None:
     add_report_flags(parser)
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop waiting after this long (exit code 1 if unfinished)")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def regex(text: str) -> str:
-    from migrator.rules import regex_problem
-
-    problem = regex_problem("--immutable-tags", text)
-    if problem:
-        raise argparse.ArgumentTypeError(problem.split(": ", 1)[1])
-    return text
-
-
-def platform_list(text: str) -> frozenset[str]:
-    from migrator.reference import parse_platforms
-
-    try:
-        return parse_platforms(text)
-    except ReferenceError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def settings_from(environ: Mapping[str, str]) -> Settings:
@@ -345,6 +312,7 @@ def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
 
 
 def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from migrator.copy import CopyOptions
     from migrator.progress import ConsoleReporter
     from migrator.registry.stream import limit_malloc_arenas
     from migrator.runner import EmbeddedRunner
@@ -358,10 +326,11 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except OSError as exc:
         raise ConfigError(f"--state: cannot open the digest record: {exc}") from None
     reporter = ConsoleReporter(sys.stdout)
+    options = CopyOptions(dry_run=args.dry_run, platforms=args.platform,
+                          referrers=args.referrers, immutable_tags=args.immutable_tags,
+                          force=args.force)
     runner = EmbeddedRunner(auth=auth, ledger=ledger, settings=settings, reporter=reporter,
-                            workers=args.workers, retries=args.retries, dry_run=args.dry_run,
-                            platforms=args.platform, referrers=args.referrers,
-                            immutable_tags=args.immutable_tags, force=args.force)
+                            workers=args.workers, retries=args.retries, options=options)
     try:
         summary = runner.run(rules)
     finally:
@@ -490,7 +459,7 @@ def describe_rule(rule: Rule) -> str:
 
 def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from migrator.copy import ClientPool, Clients
-    from migrator.runner import verify
+    from migrator.verify import verify
 
     settings, auth, rules = load_inputs(args, environ)
     setup_logging(None, debug=False)
@@ -509,10 +478,10 @@ def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """`migrator config`: the images a Kubernetes cluster runs, as a rules file (kube.py)."""
-    from migrator import kube
+    from migrator.commands.config import run_config as config
 
     try:
-        complete = kube.run_config(args, environ, sys.stderr)
+        complete = config(args, environ, sys.stderr)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -536,6 +505,7 @@ def fleet_store(settings: Settings) -> RunStore:
 
 
 def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from migrator.copy import CopyOptions
     from migrator.fleet import start_run
 
     settings, auth, rules = load_inputs(args, environ)
@@ -550,11 +520,9 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     started = start_run(rules, auth, settings, store=store, send=send,
                         name=args.config or args.images or args.src or "images.json",
                         retries=args.retries,
-                        options={"platforms": sorted(args.platform),
-                                 "referrers": args.referrers,
-                                 **({"immutable_tags": args.immutable_tags}
-                                    if args.immutable_tags else {}),
-                                 **({"force": True} if args.force else {})})
+                        options=CopyOptions(platforms=args.platform, referrers=args.referrers,
+                                            immutable_tags=args.immutable_tags,
+                                            force=args.force))
     for warning in started.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(started.run_id, flush=True)

@@ -1,18 +1,23 @@
 """One exception hierarchy for the whole product.
 
     MigratorError
-    ├── ConfigError              bad input: rules, auth, flags (one or many problems)
+    ├── ProblemError             told as `problems`, one line each, written for a person
+    │   ├── ConfigError          bad input: rules, auth, flags (file and entry in each line)
+    │   │   ├── InvalidReference an image reference or platform that breaks the grammar
+    │   │   └── FilterError      a tag filter that cannot be used (regex, semver range)
+    │   └── ClusterError         the Kubernetes API server could not be used (`migrator config`)
+    │       ├── ClusterUnreachable   no HTTP answer: refused, timed out, TLS verification failed
+    │       ├── ClusterUnauthorized  401: the credentials were not accepted
+    │       └── ClusterForbidden     403 on some lists: `missing` names each verb and resource
     ├── AuthError                credentials refused, token endpoint failed
     ├── RegistryError            the registry answered with a status we cannot use
     │   ├── ManifestUnsupported  schema1 and other formats we refuse to copy
     │   └── BlobUnknownOnPush    manifest PUT refused because blobs are missing
     ├── DigestMismatch           bytes did not hash to the digest that named them
-    ├── ClusterError             the Kubernetes API server could not be used (`migrator config`)
-    │   ├── ClusterUnreachable   no HTTP answer: refused, timed out, TLS verification failed
-    │   ├── ClusterUnauthorized  401: the credentials were not accepted
-    │   └── ClusterForbidden     403 on some lists: `missing` names each verb and resource
+    ├── RunVanished              a fleet run's record is gone from Redis (also a KeyError)
     └── RetryableError           worth another try: the only branch retried automatically
         ├── TransportError       connection reset, refused, timed out, TLS handshake
+        ├── UploadSessionLost    the registry forgot a chunked upload (also a RegistryError)
         └── RetryableStatus      408, 429, 5xx (also a RegistryError)
 
 Every message names what a user needs to act on and never carries a credential: URLs are
@@ -28,12 +33,25 @@ class MigratorError(Exception):
     """Root of every error this product raises on purpose."""
 
 
-class ConfigError(MigratorError):
-    """Bad input. Holds every problem found, one line each (file and entry included)."""
+class ProblemError(MigratorError):
+    """An error told as one or more problems, one line each, written for a person: the CLI
+    prints `problems` line by line, whatever the branch."""
 
     def __init__(self, problems: str | Iterable[str]) -> None:
         self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class ConfigError(ProblemError):
+    """Bad input. Holds every problem found, one line each (file and entry included)."""
+
+
+class InvalidReference(ConfigError):
+    """A reference (or platform) that does not follow the grammar (migrator/reference.py)."""
+
+
+class FilterError(ConfigError):
+    """A filter that cannot be used; the message names the key (the caller adds the entry)."""
 
 
 class AuthError(MigratorError):
@@ -97,6 +115,21 @@ class DigestMismatch(MigratorError):
         super().__init__(f"digest mismatch for {what}: expected {expected}, got {got}")
 
 
+class RunVanished(MigratorError, KeyError):
+    """A fleet run's record is no longer in Redis (flushed, or expired after its TTL).
+
+    Also a KeyError: callers written when `fleet.watch` raised KeyError (cli.py) still catch
+    it. Drop that base once they catch RunVanished.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(run_id)
+
+    def __str__(self) -> str:  # KeyError's own would print the repr of the run id
+        return f"run {self.run_id} is no longer in Redis (flushed, or expired)"
+
+
 class RetryableError(MigratorError):
     """A failure that another attempt may cure. Only this branch is retried automatically."""
 
@@ -118,12 +151,14 @@ class RetryableStatus(RetryableError, RegistryError):
         RegistryError.__init__(self, message, **kwargs)
 
 
-class ClusterError(MigratorError):
-    """The API server could not be used. `lines`: one line each, written for a person."""
+class ClusterError(ProblemError):
+    """The API server could not be used. Not a ConfigError: the input was fine (the CLI exits
+    with another code)."""
 
-    def __init__(self, lines: str | Iterable[str]) -> None:
-        self.lines: list[str] = [lines] if isinstance(lines, str) else list(lines)
-        super().__init__("\n".join(self.lines))
+    @property
+    def lines(self) -> list[str]:
+        """The old name of `problems`, still read by the `config` command."""
+        return self.problems
 
 
 class ClusterUnreachable(ClusterError):
@@ -137,6 +172,6 @@ class ClusterUnauthorized(ClusterError):
 class ClusterForbidden(ClusterError):
     """403 on one or more lists: `missing` names each verb and resource refused."""
 
-    def __init__(self, lines: Iterable[str], missing: Sequence[object]) -> None:
+    def __init__(self, problems: Iterable[str], missing: Sequence[object]) -> None:
         self.missing = list(missing)
-        super().__init__(lines)
+        super().__init__(problems)

@@ -22,10 +22,7 @@ from packaging.specifiers import InvalidSpecifier, Specifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from migrator.documents import quote
-
-
-class FilterError(ValueError):
-    """A filter that cannot be used; the message names the key (the caller adds the entry)."""
+from migrator.errors import FilterError  # defined in the one tree; imported from here too
 
 
 def read_version(tag: str) -> Version | None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from migrator.auth import AuthFile, RegistryAuth, seal, unseal
+from migrator.copy.options import CopyOptions
 from migrator.filters import TagFilters
 from migrator.reference import parse
 from migrator.rules import Job, Rule, catalog_rule
@@ -66,14 +67,19 @@ def rule_from_args(args: dict[str, Any]) -> Rule:
                 target=target, filters=filters, platforms=platforms, immutable_tags=immutable)
 
 
-def job_kwargs(job: Job, retries: int, options: dict[str, Any]) -> dict[str, Any]:
-    """A `sync_image` task's options: the run's, with the job's own platform filter first."""
-    kwargs = {"rule": job.rule, "retries": retries, **options}
-    if job.platforms:
-        kwargs["platforms"] = sorted(job.platforms)
-    if job.immutable_tags:  # the rule's own, over the run's
-        kwargs["immutable_tags"] = job.immutable_tags
-    return kwargs
+def run_options(options: CopyOptions | Mapping[str, Any] | None) -> CopyOptions:
+    """A run's copy options, given as such or as the task kwargs that carry them."""
+    if isinstance(options, CopyOptions):
+        return options
+    return CopyOptions.from_task_kwargs(options or {})
+
+
+def job_kwargs(job: Job, retries: int, options: CopyOptions | Mapping[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """A `sync_image` task's kwargs: the run's options, with the job's own (its rule's
+    platforms and immutable tags) over them."""
+    return {"rule": job.rule, "retries": retries,
+            **run_options(options).for_job(job).to_task_kwargs()}
 
 
 def job_from_args(source: str, target: str, rule: str = "") -> Job:
@@ -126,14 +132,15 @@ def start_run(
     send: Send,
     name: str,
     retries: int,
-    options: dict[str, Any] | None = None,
+    options: CopyOptions | Mapping[str, Any] | None = None,
 ) -> StartedRun:
     """Record the run, then send one task per known image and one per rule to expand.
 
-    `options` (plain JSON: platforms, referrers, immutable_tags, force) reach every copy of the
-    run as task kwargs, and every expansion, which sends them on with the tasks it makes.
+    `options` (or their task kwargs: platforms, referrers, immutable_tags, force) reach every
+    copy of the run as task kwargs, and every expansion, which sends them on with the tasks it
+    makes.
     """
-    options = options or {}
+    copy_options = run_options(options)
     jobs = list(dict.fromkeys(job for rule in rules if not rule.needs_tag_list
                               for job in rule.jobs()))
     expands = list({rule_key(rule): rule for rule in rules if rule.needs_tag_list}.values())
@@ -141,9 +148,10 @@ def start_run(
     run_id = store.create(name=name, retries=retries, jobs=[str(job) for job in jobs],
                           expands=[rule_key(rule) for rule in expands], auth=transport)
     tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
-                        job_kwargs(job, retries, options)) for job in jobs}
+                        job_kwargs(job, retries, copy_options)) for job in jobs}
     tasks.update({rule_key(rule): (EXPAND_TASK, [run_id, expand_args(rule)],
-                                   {"retries": retries, **options}) for rule in expands})
+                                   {"retries": retries, **copy_options.to_task_kwargs()})
+                  for rule in expands})
     store.remember_tasks(run_id, tasks)
     for name, args, kwargs in tasks.values():
         send(name, args, kwargs)
@@ -164,13 +172,18 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
     tasks are sent again. Celery's Redis transport loses a message whose worker is killed
     between taking it from the queue and recording it as unacknowledged; a task still running
     elsewhere is harmless to send twice (copies are idempotent, counted once).
+
+    Raises RunVanished when the run's record is gone from Redis. It is also a KeyError, what
+    this raised before, because cli.py still catches KeyError.
     """
+    from migrator.errors import RunVanished  # belongs with the module's imports: hoist it
+
     deadline = None if timeout is None else time.monotonic() + timeout
     progress, moved = (-1, -1), time.monotonic()
     while True:
         state = store.state(run_id)
         if state is None:
-            raise KeyError(run_id)
+            raise RunVanished(run_id)
         if on_state is not None:
             on_state(state)
         now = time.monotonic()

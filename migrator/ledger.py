@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+# The session is the registry client's type; it stays importable from here (copy.py,
+# chunked.py and tests look for it here).
+from migrator.registry.upload import UploadSession
+from migrator.settings import default
+
 log = logging.getLogger(__name__)
 
 
@@ -32,14 +37,6 @@ log = logging.getLogger(__name__)
 class ManifestRecord:
     source_digest: str
     target_digest: str
-
-
-@dataclass(frozen=True)
-class UploadSession:
-    """A chunked upload in progress: where to send the next chunk, and from which offset."""
-
-    url: str
-    offset: int
 
 
 class BlobLock:
@@ -302,8 +299,9 @@ class RedisLedger:
     `redis.Redis` client so that this module needs no Redis import of its own.
     """
 
-    def __init__(self, client: Any, *, prefix: str = "migrator:", lock_ttl: float = 60.0,
-                 lock_wait: float = 3600.0, upload_ttl: int = 86400) -> None:
+    def __init__(self, client: Any, *, prefix: str = default("redis_prefix"),
+                 lock_ttl: float = default("lock_ttl"), lock_wait: float = default("lock_wait"),
+                 upload_ttl: int = default("upload_session_ttl")) -> None:
         self.redis = client
         self.prefix = prefix
         self.lock_ttl = lock_ttl
@@ -427,3 +425,48 @@ class RedisLedger:
 def text(value: bytes | str) -> str:
     """A Redis reply as text (clients may or may not decode responses)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+class ReadOnlyLedger:
+    """A ledger's reads, with every write dropped: what a dry run may touch. It closes nothing:
+    the ledger it wraps belongs to the caller."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def blob_repositories(self, registry: str, digest: str) -> set[str]:
+        return self._ledger.blob_repositories(registry, digest)
+
+    def add_blob(self, registry: str, digest: str, repository: str) -> None:
+        pass
+
+    def forget_blobs(self, registry: str, repository: str, digests: list[str]) -> None:
+        pass
+
+    def manifest(self, target: str) -> ManifestRecord | None:
+        return self._ledger.manifest(target)
+
+    def record_manifest(self, target: str, record: ManifestRecord) -> None:
+        pass
+
+    def forget_manifest(self, target: str) -> None:
+        pass
+
+    def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:
+        return _no_lock()  # nothing is uploaded: no other copy to keep out
+
+    def upload_session(self, registry: str, repository: str, digest: str
+                       ) -> UploadSession | None:
+        return None
+
+    def save_upload_session(self, registry: str, repository: str, digest: str,
+                            session: UploadSession | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def _no_lock() -> Iterator[BlobLock]:
+    yield HELD

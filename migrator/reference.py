@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from migrator.errors import ConfigError
+from migrator.errors import InvalidReference
 
 PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -38,8 +38,9 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 
 
-class ReferenceError(ConfigError):
-    """A reference that does not follow the grammar."""
+# Compatibility name, to be removed when its callers (rules.py, cli.py, the kube and
+# commands packages, tests) catch InvalidReference: it shadowed the builtin ReferenceError.
+ReferenceError = InvalidReference
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def check_userinfo(text: str) -> str:
     part after '@' as a digest; the message does not repeat the credentials."""
     first, slash, _ = text.partition("/")
     if slash and "@" in first:
-        raise ReferenceError(_USERINFO_PROBLEM)
+        raise InvalidReference(_USERINFO_PROBLEM)
     return text
 
 
@@ -127,17 +128,17 @@ def check_characters(text: str) -> str:
         if char in _NAME_CHARACTERS:
             continue
         if char.isascii() and char.isprintable() and char != " ":
-            raise ReferenceError(f"holds the character {char!r} at position {position}, which "
-                                 "no image name holds")
+            raise InvalidReference(f"holds the character {char!r} at position {position}, which "
+                                     "no image name holds")
         if char in " \t":
-            raise ReferenceError(f"contains white space at position {position}")
+            raise InvalidReference(f"contains white space at position {position}")
         code = f"U+{ord(char):04X}"
         name = unicodedata.name(char, "")
         if char.isascii() or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
             kind = "a control character"
         else:
             kind = "the non-ASCII character"
-        raise ReferenceError(
+        raise InvalidReference(
             f"holds {kind} {char!r} ({code}{' ' + name if name else ''}) at position "
             f"{position}: references are written in ASCII"
         )
@@ -146,17 +147,17 @@ def check_characters(text: str) -> str:
 
 def check_registry(registry: str, *, what: str = "registry") -> str:
     if "@" in registry:
-        raise ReferenceError(_USERINFO_PROBLEM)
+        raise InvalidReference(_USERINFO_PROBLEM)
     if not registry or not HOST.fullmatch(registry):
-        raise ReferenceError(
+        raise InvalidReference(
             f"invalid {what} {_shown(registry)}: expected a host name with optional port")
     host, _, port = registry.rpartition("]")[2].partition(":")
     if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
-        raise ReferenceError(f"invalid {what} {_shown(registry)}: a host name has at most 253 "
-                             "characters, and 63 between dots")
+        raise InvalidReference(f"invalid {what} {_shown(registry)}: a host name has at most 253 "
+                                 "characters, and 63 between dots")
     if port and not 0 < int(port) <= MAX_PORT:
-        raise ReferenceError(f"invalid {what} {_shown(registry)}: port {port} is not "
-                             f"between 1 and {MAX_PORT}")
+        raise InvalidReference(f"invalid {what} {_shown(registry)}: port {port} is not "
+                                 f"between 1 and {MAX_PORT}")
     if registry.lower() in DOCKER_HUB_ALIASES or registry.lower() == DOCKER_HUB:
         return DOCKER_HUB
     return registry
@@ -165,12 +166,12 @@ def check_registry(registry: str, *, what: str = "registry") -> str:
 def check_repository(repository: str) -> str:
     # The length first: a name of a million characters must cost nothing more to refuse.
     if len(repository) > MAX_NAME_LENGTH:
-        raise ReferenceError(f"repository name longer than {MAX_NAME_LENGTH} characters "
-                             f"({len(repository)})")
+        raise InvalidReference(f"repository name longer than {MAX_NAME_LENGTH} characters "
+                                 f"({len(repository)})")
     components = repository.split("/")
     for component in components:
         if not PATH_COMPONENT.fullmatch(component):
-            raise ReferenceError(
+            raise InvalidReference(
                 f"invalid repository path component {_shown(component)} in "
                 f"{_shown(repository)}: use lowercase letters, digits and single separators "
                 "(. _ __ -)"
@@ -180,7 +181,7 @@ def check_repository(repository: str) -> str:
 
 def check_tag(tag: str) -> str:
     if not TAG.fullmatch(tag):
-        raise ReferenceError(
+        raise InvalidReference(
             f"invalid tag {_shown(tag)}: at most 128 letters, digits, '_', '.' and '-', "
             "not starting with '.' or '-'"
         )
@@ -189,7 +190,8 @@ def check_tag(tag: str) -> str:
 
 def check_digest(digest: str) -> str:
     if not DIGEST.fullmatch(digest):
-        raise ReferenceError(f"invalid digest {_shown(digest)}: expected sha256:<64 lowercase hex>")
+        raise InvalidReference(
+            f"invalid digest {_shown(digest)}: expected sha256:<64 lowercase hex>")
     return digest
 
 
@@ -208,7 +210,7 @@ def split_name(name: str) -> tuple[str, str]:
     check_characters(name)
     parts = name.split("/")
     if "" in parts:
-        raise ReferenceError(
+        raise InvalidReference(
             f"{_shown(name)} has an empty path component: a '/' at the start or the end, or "
             "two in a row"
         )
@@ -220,8 +222,8 @@ def split_name(name: str) -> tuple[str, str]:
         repository = f"library/{repository}"
     check_repository(repository)
     if len(name) > MAX_NAME_LENGTH:
-        raise ReferenceError(f"name longer than {MAX_NAME_LENGTH} characters, registry "
-                             f"included ({len(name)})")
+        raise InvalidReference(f"name longer than {MAX_NAME_LENGTH} characters, registry "
+                                 f"included ({len(name)})")
     return registry, repository
 
 
@@ -263,10 +265,10 @@ def parse_platforms(value: str | list[str]) -> frozenset[str]:
     platforms = frozenset(item.strip() for item in items if item.strip())
     for platform in sorted(platforms):
         if not PLATFORM.fullmatch(platform):
-            raise ReferenceError(
+            raise InvalidReference(
                 f"{platform!r} is not os/architecture[/variant], e.g. linux/arm64")
     if not platforms:
-        raise ReferenceError("give at least one os/architecture, e.g. linux/amd64")
+        raise InvalidReference("give at least one os/architecture, e.g. linux/amd64")
     return platforms
 
 
@@ -279,14 +281,14 @@ def os_arch_platforms(oses: Sequence[str], architectures: Sequence[str]) -> froz
     os_items, arch_items = items(oses), items(architectures)
     for item in os_items:
         if ":" in item:
-            raise ReferenceError(f"--os {item!r}: os versions are not supported: write the "
-                                 "os alone, e.g. --os windows")
+            raise InvalidReference(f"--os {item!r}: os versions are not supported: write the "
+                                     "os alone, e.g. --os windows")
         if not _OS.fullmatch(item):
-            raise ReferenceError(f"--os {item!r}: expected an os such as linux or windows")
+            raise InvalidReference(f"--os {item!r}: expected an os such as linux or windows")
     for item in arch_items:
         if not _ARCH.fullmatch(item):
-            raise ReferenceError(f"--arch {item!r}: expected an architecture such as amd64, "
-                                 "or architecture:variant such as arm64:v8")
+            raise InvalidReference(f"--arch {item!r}: expected an architecture such as amd64, "
+                                     "or architecture:variant such as arm64:v8")
     if not os_items and not arch_items:
         return frozenset()
     return frozenset(f"{os_name}/{arch.replace(':', '/')}"
@@ -312,6 +314,6 @@ def combine_platforms(first: frozenset[str], second: frozenset[str]) -> frozense
         return first or second
     both = frozenset(meet for a in first for b in second if (meet := _meet(a, b)))
     if not both:
-        raise ReferenceError(f"no platform is both in {', '.join(sorted(first))} and in "
-                             f"{', '.join(sorted(second))}")
+        raise InvalidReference(f"no platform is both in {', '.join(sorted(first))} and in "
+                                 f"{', '.join(sorted(second))}")
     return both

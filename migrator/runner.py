@@ -10,13 +10,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypedDict, TypeVar, Unpack
 
 from migrator.auth import AuthFile
-from migrator.copy import ClientPool, Clients, CopyResult, copy_image
+from migrator.copy import ClientPool, Clients, CopyOptions, CopyResult, copy_image
 from migrator.errors import MigratorError
+from migrator.expand import expand
 from migrator.ledger import Ledger
 from migrator.rules import Job, Rule
 from migrator.settings import Settings
@@ -64,6 +64,16 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+class OptionFields(TypedDict, total=False):
+    """`CopyOptions`' fields as keyword arguments, as `EmbeddedRunner` took them before."""
+
+    dry_run: bool
+    platforms: frozenset[str]
+    referrers: bool
+    immutable_tags: str | None
+    force: bool
+
+
 class EmbeddedRunner:
     def __init__(
         self,
@@ -74,12 +84,11 @@ class EmbeddedRunner:
         reporter: Reporter,
         workers: int = 7,
         retries: int = 3,
-        dry_run: bool = False,
-        platforms: frozenset[str] = frozenset(),
-        referrers: bool = True,
-        immutable_tags: str | None = None,
-        force: bool = False,
+        options: CopyOptions | None = None,
+        **fields: Unpack[OptionFields],
     ) -> None:
+        """`options` apply to every copy; the fields of `CopyOptions` may also come one by one
+        (`dry_run=True`), over `options`."""
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
         self.clients = Clients(auth, ClientPool(settings))
@@ -88,11 +97,7 @@ class EmbeddedRunner:
         self.reporter = reporter
         self.workers = max(1, workers)
         self.retries = max(0, retries)
-        self.dry_run = dry_run
-        self.platforms = platforms
-        self.referrers = referrers
-        self.immutable_tags = immutable_tags
-        self.force = force
+        self.options = replace(options or CopyOptions(), **fields)
 
     def run(self, rules: Sequence[Rule]) -> Summary:
         summary = Summary()
@@ -123,32 +128,17 @@ class EmbeddedRunner:
         return summary
 
     def _generate(self, rules: list[Rule], pool: ThreadPoolExecutor, summary: Summary) -> list[Job]:
-        def expand(rule: Rule) -> list[Job]:
-            if not rule.needs_tag_list:
-                return rule.jobs()
-            client = self.clients.get(rule.source.registry, rule.source.repository)
-            return rule.jobs(client.list_tags(rule.source.repository))
-
-        # A catalog rule (`registry/ns/*`) first becomes one all-tags rule per repository the
-        # registry lists; each of those is then expanded, and retried, on its own.
-        listed = [rule for rule in rules if not rule.catalog]
-        catalogs = [rule for rule in rules if rule.catalog]
-        for rule, found, error in _run_all(pool, partial(catalog_rules, self.clients), catalogs):
-            if error is None:
-                summary.generate_failed.pop(rule, None)
-                listed.extend(found or [])
-            else:
-                summary.generate_failed[rule] = error
-                log.error("generate failed for %s: %s", rule.origin, error)
-
+        # A rule that fails is retried on the next pass; a catalog rule's repositories are
+        # rules of their own, expanded and retried each on its own.
         jobs: list[Job] = []
-        for rule, outcome, error in _run_all(pool, expand, listed):
-            if error is None:
-                summary.generate_failed.pop(rule, None)
-                jobs.extend(outcome or [])
+        for outcome in expand(rules, self.clients, pool):
+            if outcome.error is None:
+                summary.generate_failed.pop(outcome.rule, None)
+                jobs.extend(outcome.jobs)
             else:
-                summary.generate_failed[rule] = error
-                log.error("generate failed for %s: %s", rule.origin, error)
+                reason = describe_unexpected(outcome.rule, outcome.error)
+                summary.generate_failed[outcome.rule] = reason
+                log.error("generate failed for %s: %s", outcome.rule.origin, reason)
         return jobs
 
     def _handle(
@@ -160,13 +150,11 @@ class EmbeddedRunner:
     ) -> list[Job]:
         def copy(job: Job) -> CopyResult:
             return copy_image(job, clients=self.clients, ledger=self.ledger,
-                              settings=self.settings, blob_pool=blob_pool,
-                              on_bytes=self.reporter.add_bytes, dry_run=self.dry_run,
-                              platforms=self.platforms, referrers=self.referrers,
-                              immutable_tags=self.immutable_tags, force=self.force)
+                              settings=self.settings, options=self.options,
+                              blob_pool=blob_pool, on_bytes=self.reporter.add_bytes)
 
         failed: list[Job] = []
-        for job, result, error in _run_all(image_pool, copy, jobs):
+        for job, result, error in run_all(image_pool, copy, jobs):
             if error is None:
                 summary.failed.pop(job, None)
                 assert result is not None
@@ -179,13 +167,7 @@ class EmbeddedRunner:
         return failed
 
 
-def catalog_rules(clients: Clients, rule: Rule) -> list[Rule]:
-    """A catalog rule as one all-tags rule per repository the registry's catalog lists."""
-    client = clients.get(rule.source.registry, rule.source.repository)
-    return rule.repositories(client.list_repositories(rule.source.repository))
-
-
-def _run_all(
+def run_all(
     pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T]
 ) -> Iterator[tuple[T, R | None, str | None]]:
     """Run `work` on every item; yield (item, result, None) or (item, None, error) as each ends."""
@@ -196,68 +178,11 @@ def _run_all(
         if error is None:
             yield item, future.result(), None
         else:
-            if not isinstance(error, MigratorError):
-                log.error("unexpected error on %s", item, exc_info=error)
-            yield item, None, describe(error)
+            yield item, None, describe_unexpected(item, error)
 
 
-@dataclass
-class Verification:
-    agree: list[Job] = field(default_factory=list)
-    missing: list[Job] = field(default_factory=list)
-    differ: dict[Job, tuple[str, str]] = field(default_factory=dict)  # job → (source, target)
-    errors: dict[str, str] = field(default_factory=dict)  # job or rule → reason
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.differ and not self.errors
-
-
-def verify(rules: Sequence[Rule], clients: Clients, workers: int = 7) -> Verification:
-    """Compare every image of the rules at the source and the target, with HEADs only."""
-    report = Verification()
-
-    def expand(rule: Rule) -> list[Job]:
-        if not rule.needs_tag_list:
-            return rule.jobs()
-        client = clients.get(rule.source.registry, rule.source.repository)
-        return rule.jobs(client.list_tags(rule.source.repository))
-
-    def compare(job: Job) -> tuple[str, str | None]:
-        if job.source.digest:
-            source_digest = job.source.digest
-        else:
-            head = clients.get(job.source.registry, job.source.repository).head_manifest(
-                job.source.repository, job.source.manifest_ref)
-            if head is None:
-                raise MigratorError(f"{job.source} not found at the source")
-            source_digest = head[0]
-        target = clients.get(job.target.registry, job.target.repository).head_manifest(
-            job.target.repository, job.target.tag or source_digest)
-        return source_digest, target[0] if target else None
-
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="verify") as pool:
-        jobs: list[Job] = []
-        expandable = [rule for rule in rules if not rule.catalog]
-        catalogs = [rule for rule in rules if rule.catalog]
-        for rule, repositories, error in _run_all(pool, partial(catalog_rules, clients),
-                                                  catalogs):
-            if error is None:
-                expandable.extend(repositories or [])
-            else:
-                report.errors[rule.origin] = error
-        for rule, found, error in _run_all(pool, expand, expandable):
-            if error is None:
-                jobs.extend(found or [])
-            else:
-                report.errors[rule.origin] = error
-        for job, digests, error in _run_all(pool, compare, list(dict.fromkeys(jobs))):
-            if error is not None:
-                report.errors[str(job)] = error
-            elif digests is None or digests[1] is None:
-                report.missing.append(job)
-            elif digests[0] != digests[1]:
-                report.differ[job] = (digests[0], digests[1])
-            else:
-                report.agree.append(job)
-    return report
+def describe_unexpected(item: object, error: BaseException) -> str:
+    """`describe`, and the traceback in the log for an error that is no `MigratorError`."""
+    if not isinstance(error, MigratorError):
+        log.error("unexpected error on %s", item, exc_info=error)
+    return describe(error)

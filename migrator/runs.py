@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.ledger import text
+from migrator.settings import default
+from migrator.summary import summary_line
 
 SUFFIXES = ("", ":jobs", ":ok", ":skipped", ":failed", ":expands", ":genfailed", ":auth",
             ":tasks", ":wake")
@@ -67,12 +69,12 @@ class RunState:
 
     def line(self) -> str:
         """The summary line of image-syncer / image-migrator, also for fleet runs."""
-        return (f"Images({self.total}) migration finished, {len(self.failed)} images tasks "
-                f"failed, {len(self.generate_failed)} tasks generate failed")
+        return summary_line(self.total, len(self.failed), len(self.generate_failed))
 
 
 class RunStore:
-    def __init__(self, client: Any, *, prefix: str = "migrator:", ttl: int = 30 * 86400) -> None:
+    def __init__(self, client: Any, *, prefix: str = default("redis_prefix"),
+                 ttl: int = default("run_ttl")) -> None:
         self.redis = client
         self.prefix = prefix
         self.ttl = ttl

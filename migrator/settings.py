@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -120,6 +121,12 @@ class Settings(BaseSettings):
         0.0, ge=0, description="seconds a SIGTERM'd worker lets running copies finish before "
         "it hands their tasks back to the queue and exits; 0: wait as long as they take. Keep "
         "it below the pod's terminationGracePeriodSeconds")
+
+
+def default(name: str) -> Any:
+    """The declared default of setting `name`, for a constructor that may be called without
+    Settings (tests, library use): the number still lives here only."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 from celery import Task
@@ -24,11 +25,13 @@ from migrator.auth import AuthFile, load_auth, merge
 from migrator.copy import (
     ClientPool,
     Clients,
+    CopyOptions,
     copy_image,
     synced_immutable,
     unchanged_on_record,
 )
 from migrator.errors import MigratorError, RetryableError
+from migrator.expand import expand
 from migrator.fleet import (
     EXPAND_TASK,
     SYNC_TASK,
@@ -40,7 +43,7 @@ from migrator.fleet import (
 )
 from migrator.ledger import RedisLedger
 from migrator.rules import Job, Rule, load_rules, resolve_defaults
-from migrator.runner import catalog_rules, describe
+from migrator.runner import describe
 from migrator.runs import RunStore
 from migrator.settings import Settings, load_settings
 from migrator.throttle import RedisThrottle
@@ -137,18 +140,15 @@ class RunTask(Task):
 
 @app.task(bind=True, base=RunTask, name=SYNC_TASK)
 def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str = "",
-               retries: int = 3, platforms: list[str] | None = None,
-               referrers: bool = True, immutable_tags: str | None = None,
-               force: bool = False) -> None:
-    """Copy one image (tag or digest) into the target; `force` PUTs its manifests again."""
+               retries: int = 3, **options: Any) -> None:
+    """Copy one image (tag or digest) into the target. `options` are the run's
+    `CopyOptions` as task kwargs (platforms, referrers, immutable_tags, force)."""
     with self.retried(retries):
         ctx = context()
         job = job_from_args(source, target, rule)
         result = copy_image(job, clients=ctx.clients(run_id), ledger=ctx.ledger,
-                            settings=ctx.settings, blob_pool=ctx.blob_pool,
-                            on_bytes=health.progress(self.request.id),
-                            platforms=frozenset(platforms or ()), referrers=referrers,
-                            immutable_tags=immutable_tags, force=force)
+                            settings=ctx.settings, options=CopyOptions.from_task_kwargs(options),
+                            blob_pool=ctx.blob_pool, on_bytes=health.progress(self.request.id))
         health.copied(result)
         if not ctx.redis.exists(ctx.runs.key(run_id)):
             # Redis lost the run (flushed, or restarted without its data): recording the copy
@@ -163,25 +163,21 @@ def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str =
 
 @app.task(bind=True, base=RunTask, name=EXPAND_TASK)
 def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
-                **options: object) -> None:
-    """List a source's tags and send one `sync_image` per tag the rule selects."""
+                **options: Any) -> None:
+    """List a source's tags and send one `sync_image` per tag the rule selects. `options`
+    are the run's `CopyOptions` as task kwargs, sent on with every `sync_image`."""
     with self.retried(retries):
         ctx = context()
         parsed = rule_from_args(rule)
-        retry_later: RetryableError | None = None
-        if parsed.catalog:  # `registry/ns/*`: the catalog's repositories, then each one's tags
-            jobs, retry_later = _expand_catalog(run_id, parsed, ctx.clients(run_id))
-        else:
-            client = ctx.clients(run_id).get(parsed.source.registry, parsed.source.repository)
-            jobs = parsed.jobs(client.list_tags(parsed.source.repository))
+        run_options = CopyOptions.from_task_kwargs(options)
+        jobs, retry_later = _expand(ctx, run_id, parsed)
         keys = [str(job) for job in jobs]
         ctx.runs.add_jobs(run_id, keys)
         # Immutable tags already on record: done without a task, let alone a request. A new tag
         # is any the source lists and the record does not hold. Under force (manifests are PUT
         # again whatever the record says) every tag gets its task: neither shortcut applies.
-        force = bool(options.get("force"))
-        immutable = str(options["immutable_tags"]) if options.get("immutable_tags") else None
-        platforms = frozenset(options.get("platforms") or ())  # type: ignore[call-overload]
+        force, platforms = run_options.force, run_options.platforms
+        immutable = run_options.immutable_tags
         if not force:
             ctx.runs.up_to_date(run_id, [
                 str(job) for job in jobs
@@ -196,7 +192,7 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
             ctx.runs.up_to_date(run_id, unchanged)
             unfinished -= set(unchanged)
         tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
-                            job_kwargs(job, retries, options))
+                            job_kwargs(job, retries, run_options))
                  for job in jobs if str(job) in unfinished}
         ctx.runs.remember_tasks(run_id, tasks)
         for _, args, kwargs in tasks.values():
@@ -229,29 +225,25 @@ def _unchanged(ctx: WorkerContext, run_id: str, jobs: list[Job],
                 if same]
 
 
-def _expand_catalog(run_id: str, rule: Rule, clients: Clients
-                    ) -> tuple[list[Job], RetryableError | None]:
-    """The jobs of a catalog rule. A repository whose tags cannot be read is recorded as a
-    failed rule of its own, so the rest of the namespace is still copied; a transient failure
-    is handed back, to retry the whole expansion once the rest is sent."""
-    def expand(one: Rule) -> list[Job]:
-        client = clients.get(one.source.registry, one.source.repository)
-        return one.jobs(client.list_tags(one.source.repository))
-
+def _expand(ctx: WorkerContext, run_id: str, rule: Rule
+            ) -> tuple[list[Job], RetryableError | None]:
+    """The jobs of a rule. The rule's own listing (its tags, or a catalog's repositories)
+    failing fails this expansion. A catalog's repository whose tags cannot be read is recorded
+    as a failed rule of its own, so the rest of the namespace is still copied; a transient
+    failure there is handed back, to retry the whole expansion once the rest is sent."""
     jobs: list[Job] = []
     retry_later: RetryableError | None = None
-    with ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="catalog") as pool:
-        futures = {pool.submit(expand, one): one for one in catalog_rules(clients, rule)}
-        for future, one in futures.items():
-            error = future.exception()
+    with ThreadPoolExecutor(CATALOG_THREADS, thread_name_prefix="expand") as pool:
+        for outcome in expand([rule], ctx.clients(run_id), pool):
+            error = outcome.error
             if error is None:
-                jobs.extend(future.result())
+                jobs.extend(outcome.jobs)
+            elif outcome.rule is rule or not isinstance(error, MigratorError):
+                raise error
             elif isinstance(error, RetryableError):
                 retry_later = error
-            elif isinstance(error, MigratorError):
-                context().runs.expanded(run_id, one.origin, describe(error))
             else:
-                raise error
+                ctx.runs.expanded(run_id, outcome.rule.origin, describe(error))
     return jobs, retry_later
 
 

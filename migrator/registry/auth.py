@@ -28,8 +28,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
-from migrator.auth import RegistryAuth
 from migrator.errors import AuthError, RegistryError, TransportError
+from migrator.registry.credentials import RegistryAuth
 from migrator.registry.stream import read_capped
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -136,7 +136,6 @@ class Authenticator:
         self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
         self._fetching: dict[tuple[str, ...], threading.Lock] = {}
         self._lock = threading.Lock()
-        self.tokens_fetched = 0
 
     def _basic(self) -> tuple[str, str] | None:
         if self.credentials.username is None:
@@ -240,7 +239,6 @@ class Authenticator:
             except RegistryError as exc:
                 raise AuthError(str(exc)) from None
             response._content_consumed = True  # type: ignore[attr-defined]
-        self.tokens_fetched += 1
         if response.status_code in (401, 403):
             who = f"user {self.credentials.username!r}" if self.credentials.username else (
                 "anonymous access")

@@ -25,7 +25,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
-from migrator.auth import RegistryAuth
+from migrator import __version__
 from migrator.errors import (
     AuthError,
     BlobUnknownOnPush,
@@ -37,8 +37,8 @@ from migrator.errors import (
     TransportError,
     UploadSessionLost,
 )
-from migrator.ledger import UploadSession
 from migrator.registry.auth import Authenticator, GuardedSession, repository_scope
+from migrator.registry.credentials import RegistryAuth
 from migrator.registry.manifest import (
     ACCEPT,
     OCI_INDEX,
@@ -48,6 +48,7 @@ from migrator.registry.manifest import (
     parse_manifest,
 )
 from migrator.registry.stream import preload, read_capped
+from migrator.registry.upload import UploadSession
 from migrator.settings import Settings
 from migrator.throttle import (
     Limits,
@@ -63,7 +64,7 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECTS = (301, 302, 303, 307, 308)
 # Docker Hub's references say docker.io; its API lives elsewhere.
 API_HOSTS = {"docker.io": "registry-1.docker.io"}
-USER_AGENT = "migrator/0.1"
+USER_AGENT = f"migrator/{__version__}"
 
 
 def redact(url: str) -> str:

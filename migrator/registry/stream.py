@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import time
 from collections.abc import Callable
@@ -12,31 +11,17 @@ import urllib3.exceptions
 
 from migrator.errors import DigestMismatch, RegistryError, TransportError
 
+# Compatibility re-export: cli.py and workers/app.py import it from here. Remove it when they
+# import it from migrator.process, where it lives (a process concern, not a stream's).
+from migrator.process import limit_malloc_arenas as limit_malloc_arenas
+from migrator.settings import default
+
 # Slow-loris guard: a body must bring this many bytes (or its end) in every read-timeout
 # window. The read timeout alone bounds one silent wait, not a server that drips a byte just
 # before each timeout; at the default 120 s window this floor is ~550 bytes/s.
 MIN_PROGRESS = 64 * 1024
 PIECE = 256 * 1024  # the most one read of a blob stream hands over
 RECEIVE = 64 * 1024  # the most one socket read asks for (see read_block)
-
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Have glibc share `arenas` heaps between all threads instead of up to 8 per core.
-
-    Dozens of copying threads allocate and free stream buffers of up to PIECE; with a heap per
-    thread, the free space of one heap cannot serve another and stays resident. Measured on
-    many-small (`migrator sync`, 35 threads): 67 MiB peak RSS, 58 MiB with two arenas, the same
-    CPU (the GIL already serialises the allocations). Call before the threads start; False
-    where the C library has no `mallopt` (musl, macOS).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 class Pace:
@@ -151,7 +136,7 @@ class VerifyingReader:
         digest: str,
         size: int,
         on_bytes: Callable[[int], None] | None = None,
-        window: float = 120.0,
+        window: float = default("read_timeout"),
     ) -> None:
         algorithm, _, _ = digest.partition(":")
         if algorithm not in ("sha256", "sha512"):

@@ -7,7 +7,7 @@ import sys
 
 SCRIPT = """
 import threading
-from migrator.registry.stream import limit_malloc_arenas
+from migrator.process import limit_malloc_arenas
 assert limit_malloc_arenas(2) is True
 
 def churn():
