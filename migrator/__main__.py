@@ -1,5 +1,5 @@
 import sys
 
-from migrator.cli import main
+from migrator.commands.main import main
 
 sys.exit(main())

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr, ValidationError
+from pydantic_core import ErrorDetails
 
 from migrator.documents import (
     SCHEME,
@@ -34,8 +35,8 @@ from migrator.reference import (
     check_repository,
 )
 
-# The type of an entry belongs to the registry client, which uses it; it stays importable
-# from here, where copy.py, fleet.py and tests look for it.
+# The type of an entry belongs to the registry client, which uses it; the auth file is made
+# of them.
 from migrator.registry.credentials import RegistryAuth
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -99,7 +100,7 @@ def _expand_key(key: str, environ: Mapping[str, str]) -> str:
     return value
 
 
-def _field_problem(where: str, error: dict) -> str:
+def _field_problem(where: str, error: ErrorDetails) -> str:
     name = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         message = f"{where}: unknown key {quote(name)}"

@@ -36,7 +36,7 @@ from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ByteCounter = Any  # Callable[[int], None] | None, as in copy.py
+ByteCounter = Any  # Callable[[int], None] | None, as in migrator/copy
 
 
 class ResumableBlobReader:

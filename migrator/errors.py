@@ -14,7 +14,7 @@
     │   ├── ManifestUnsupported  schema1 and other formats we refuse to copy
     │   └── BlobUnknownOnPush    manifest PUT refused because blobs are missing
     ├── DigestMismatch           bytes did not hash to the digest that named them
-    ├── RunVanished              a fleet run's record is gone from Redis (also a KeyError)
+    ├── RunVanished              a fleet run's record is gone from Redis
     └── RetryableError           worth another try: the only branch retried automatically
         ├── TransportError       connection reset, refused, timed out, TLS handshake
         ├── UploadSessionLost    the registry forgot a chunked upload (also a RegistryError)
@@ -27,6 +27,7 @@ printed without userinfo or query string secrets, and no header is ever formatte
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TypedDict, Unpack
 
 
 class MigratorError(Exception):
@@ -56,6 +57,16 @@ class FilterError(ConfigError):
 
 class AuthError(MigratorError):
     """The registry or its token service refused our credentials."""
+
+
+class ErrorContext(TypedDict, total=False):
+    """Where a registry error happened: the keyword arguments of `RegistryError`."""
+
+    method: str
+    url: str
+    status: int | None
+    code: str
+    detail: str
 
 
 class RegistryError(MigratorError):
@@ -115,18 +126,14 @@ class DigestMismatch(MigratorError):
         super().__init__(f"digest mismatch for {what}: expected {expected}, got {got}")
 
 
-class RunVanished(MigratorError, KeyError):
-    """A fleet run's record is no longer in Redis (flushed, or expired after its TTL).
-
-    Also a KeyError: callers written when `fleet.watch` raised KeyError (cli.py) still catch
-    it. Drop that base once they catch RunVanished.
-    """
+class RunVanished(MigratorError):
+    """A fleet run's record is no longer in Redis (flushed, or expired after its TTL)."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(run_id)
 
-    def __str__(self) -> str:  # KeyError's own would print the repr of the run id
+    def __str__(self) -> str:
         return f"run {self.run_id} is no longer in Redis (flushed, or expired)"
 
 
@@ -146,19 +153,15 @@ class UploadSessionLost(RetryableError, RegistryError):
 class RetryableStatus(RetryableError, RegistryError):
     """408, 429 or 5xx. `retry_after` is the server's hint in seconds, if it gave one."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 **context: Unpack[ErrorContext]) -> None:
         self.retry_after = retry_after
-        RegistryError.__init__(self, message, **kwargs)
+        RegistryError.__init__(self, message, **context)
 
 
 class ClusterError(ProblemError):
     """The API server could not be used. Not a ConfigError: the input was fine (the CLI exits
     with another code)."""
-
-    @property
-    def lines(self) -> list[str]:
-        """The old name of `problems`, still read by the `config` command."""
-        return self.problems
 
 
 class ClusterUnreachable(ClusterError):

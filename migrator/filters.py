@@ -167,8 +167,9 @@ class TagFilters:
                     in_range.append(tag)
             kept = in_range
         if self.newest is not None and len(kept) > self.newest:
-            versions = [read_version(tag) for tag in kept]
-            if all(version is not None for version in versions):
+            read = [read_version(tag) for tag in kept]
+            versions = [version for version in read if version is not None]
+            if len(versions) == len(read):  # every tag is a version: `versions[i]` is kept[i]'s
                 # Stable sort: equal versions (`v1.2` and `1.2`) keep their list order.
                 ranked = sorted(range(len(kept)), key=lambda i: versions[i], reverse=True)
                 chosen = set(ranked[: self.newest])

@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from migrator.auth import AuthFile, RegistryAuth, seal, unseal
+from migrator.auth import AuthFile, seal, unseal
 from migrator.copy.options import CopyOptions
+from migrator.errors import RunVanished
 from migrator.filters import TagFilters
 from migrator.reference import parse
+from migrator.registry.credentials import RegistryAuth
 from migrator.rules import Job, Rule, catalog_rule
 from migrator.runs import RunState, RunStore
 from migrator.settings import Settings
@@ -147,8 +149,10 @@ def start_run(
     transport, warning = auth_for_transport(auth, settings)
     run_id = store.create(name=name, retries=retries, jobs=[str(job) for job in jobs],
                           expands=[rule_key(rule) for rule in expands], auth=transport)
-    tasks = {str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
-                        job_kwargs(job, retries, copy_options)) for job in jobs}
+    # name, args, kwargs: a copy's args are strings, an expansion's a run id and a dict
+    tasks: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
+        str(job): (SYNC_TASK, [run_id, str(job.source), str(job.target)],
+                   job_kwargs(job, retries, copy_options)) for job in jobs}
     tasks.update({rule_key(rule): (EXPAND_TASK, [run_id, expand_args(rule)],
                                    {"retries": retries, **copy_options.to_task_kwargs()})
                   for rule in expands})
@@ -173,10 +177,8 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
     between taking it from the queue and recording it as unacknowledged; a task still running
     elsewhere is harmless to send twice (copies are idempotent, counted once).
 
-    Raises RunVanished when the run's record is gone from Redis. It is also a KeyError, what
-    this raised before, because cli.py still catches KeyError.
+    Raises RunVanished when the run's record is gone from Redis.
     """
-    from migrator.errors import RunVanished  # belongs with the module's imports: hoist it
 
     deadline = None if timeout is None else time.monotonic() + timeout
     progress, moved = (-1, -1), time.monotonic()

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-# The session is the registry client's type; it stays importable from here (copy.py,
-# chunked.py and tests look for it here).
+# The session is the registry client's type; the ledger keeps them for resumable uploads.
 from migrator.registry.upload import UploadSession
 from migrator.settings import default
 

@@ -1,14 +1,18 @@
 """Progress for a person: a live bar on a terminal, periodic plain lines otherwise.
 
 The phase lines and the summary are the peers' exact words (scripts grep for them). Details of
-each image go to the log, not here.
+each image go to the log, not here. While the bar is drawn, the log's records are printed
+above it (`log_handler`): a line written to the terminal behind rich's back would be glued
+onto the bar and leave a stale copy of it on the screen.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
-from typing import TextIO
+from typing import TextIO, TypedDict
 
 from rich.console import Console
 from rich.progress import (
@@ -18,12 +22,23 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from migrator.copy import CopyResult
 from migrator.rules import Job
 
 PLAIN_INTERVAL = 5.0
+
+
+class BarFields(TypedDict):
+    """The bar's own columns, beside rich's (bar, count, elapsed, ETA)."""
+
+    running: str
+    failed: int
+    skipped: str
+    size: str
+    rate: str
 
 
 def human_bytes(count: float) -> str:
@@ -34,32 +49,61 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def human_duration(seconds: float) -> str:
+    """`4.2s`, `1m12s`, `2h05m09s`."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
 class ConsoleReporter:
-    def __init__(self, stream: TextIO, *, live: bool | None = None) -> None:
+    def __init__(self, stream: TextIO, *, live: bool | None = None,
+                 errors: TextIO | None = None) -> None:
+        """`stream` takes the progress (stdout); `errors` is where plain log lines go
+        (default: stderr)."""
         self.stream = stream
+        self.errors = sys.stderr if errors is None else errors
         self.live = stream.isatty() if live is None else live
+        # Records go above the bar only when they would reach the terminal anyway: a
+        # redirected stderr (`2>file`) keeps its plain lines, and nothing of it is sent to
+        # the terminal instead (rich's redirection of sys.stderr would do that).
+        self.logs_above_bar = self.live and self.errors.isatty()
         self.total = self.done = self.failed = self.skipped = self.bytes = 0
         self.started = time.monotonic()
+        self._ended: float | None = None
         self._last_line = self.started
         self._lock = threading.Lock()
         self._outcomes: dict[Job, str] = {}  # job → its last try: "ok", "failed", "skipped"
+        self._running: set[Job] = set()  # copies started and not yet done
+        self._in_flight_known = True  # False once the figures come from elsewhere (fleet)
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if self.live:
             self._progress = Progress(
                 TextColumn("images"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[failed]} failed"), TextColumn("{task.fields[skipped]}"),
+                TextColumn("{task.fields[running]}"),
+                TextColumn("{task.fields[failed]} failed{task.fields[skipped]}"),
                 TextColumn("{task.fields[size]}"), TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 console=Console(file=stream, force_terminal=True), transient=True,
+                redirect_stderr=self.logs_above_bar,
             )
+
+    def log_handler(self) -> logging.Handler:
+        """The handler for a log that goes to the terminal: one plain line per record on
+        `errors`, printed above the bar while the bar is drawn."""
+        if self.logs_above_bar:
+            return _AboveTheBar(self)
+        return logging.StreamHandler(self.errors)
 
     def phase(self, text: str) -> None:
         if self._progress is not None:
             self._progress.console.print(text, markup=False, highlight=False)
             if text.startswith("Start to handle") and self._task is None:
-                self._task = self._progress.add_task("images", total=self.total, failed=0,
-                                                     skipped="", size="", rate="")
+                self._task = self._progress.add_task("images", total=self.total,
+                                                     **self._fields())
                 self._progress.start()
         else:
             print(text, file=self.stream, flush=True)
@@ -75,11 +119,18 @@ class ConsoleReporter:
         if self.live:
             self._refresh()
 
+    def image_started(self, job: Job) -> None:
+        """A copy begins (optional hook: the runner calls it when the reporter has it)."""
+        with self._lock:
+            self._running.add(job)
+        self._refresh()
+
     def image_done(self, job: Job, result: CopyResult | None, error: str | None) -> None:
         # Per job, its last outcome: a retry pass must not count an image twice.
         outcome = ("failed" if error is not None else
                    "skipped" if result is not None and result.outcome == "skipped" else "ok")
         with self._lock:
+            self._running.discard(job)
             before = self._outcomes.get(job)
             self._outcomes[job] = outcome
             self.done = len(self._outcomes)
@@ -94,10 +145,15 @@ class ConsoleReporter:
         with self._lock:
             self.total, self.done, self.failed, self.bytes = total, done, failed, copied_bytes
             self.skipped = skipped
+            self._in_flight_known = False  # the fleet's queue does not tell what runs
         self._refresh()
 
+    def elapsed(self) -> float:
+        """Seconds since the reporter was made, until `close`."""
+        return (time.monotonic() if self._ended is None else self._ended) - self.started
+
     def rate(self) -> float:
-        return self.bytes / max(time.monotonic() - self.started, 1e-6)
+        return self.bytes / max(self.elapsed(), 1e-6)
 
     def skipped_text(self) -> str:
         """The skipped images as shown ("3 skipped"); nothing in a run that skipped none, so a
@@ -109,13 +165,26 @@ class ConsoleReporter:
         return (f"progress: {self.done}/{self.total} images, {self.failed} failed, {skipped}"
                 f"{human_bytes(self.bytes)} copied, {human_bytes(self.rate())}/s")
 
+    def stats_line(self) -> str:
+        """`40 images, 1.2 GiB in 1m12s (17.1 MiB/s)`: the bar's last figures, kept on the
+        screen once the bar is gone."""
+        images = f"{self.done} image{'' if self.done == 1 else 's'}"
+        return (f"{images}, {human_bytes(self.bytes)} in {human_duration(self.elapsed())} "
+                f"({human_bytes(self.rate())}/s)")
+
+    def _fields(self) -> BarFields:
+        # No byte total: the engine learns the sizes image by image, as it copies; none is
+        # made up.
+        running = f"{len(self._running)} running" if self._in_flight_known else ""
+        skipped = f", {self.skipped_text()}" if self.skipped else ""
+        return BarFields(running=running, failed=self.failed, skipped=skipped,
+                         size=human_bytes(self.bytes), rate=f"{human_bytes(self.rate())}/s")
+
     def _refresh(self) -> None:
         if self._progress is not None:
             if self._task is not None:
-                self._progress.update(
-                    self._task, completed=self.done, total=self.total, failed=self.failed,
-                    skipped=self.skipped_text(), size=human_bytes(self.bytes),
-                    rate=f"{human_bytes(self.rate())}/s")
+                self._progress.update(self._task, completed=self.done, total=self.total,
+                                      **self._fields())
             return
         now = time.monotonic()
         if now - self._last_line >= PLAIN_INTERVAL:
@@ -123,7 +192,28 @@ class ConsoleReporter:
             print(self.status_line(), file=self.stream, flush=True)
 
     def close(self) -> None:
+        self._ended = time.monotonic()
         if self._progress is not None:
             self._progress.stop()
         elif self.done:
             print(self.status_line(), file=self.stream, flush=True)
+
+
+class _AboveTheBar(logging.StreamHandler[TextIO]):
+    """Plain log lines on the reporter's `errors`; while the bar is drawn, printed through
+    its console instead, which puts each line above the bar and draws the bar again below."""
+
+    def __init__(self, reporter: ConsoleReporter) -> None:
+        super().__init__(reporter.errors)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress = self.reporter._progress
+        if progress is None or not progress.live.is_started:
+            super().emit(record)
+            return
+        try:
+            progress.console.print(self.format(record), markup=False, highlight=False,
+                                   emoji=False, soft_wrap=True)
+        except Exception:  # as logging does: a broken display must not break the copy
+            self.handleError(record)

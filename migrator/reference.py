@@ -38,11 +38,6 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 
 
-# Compatibility name, to be removed when its callers (rules.py, cli.py, the kube and
-# commands packages, tests) catch InvalidReference: it shadowed the builtin ReferenceError.
-ReferenceError = InvalidReference
-
-
 @dataclass(frozen=True)
 class Reference:
     """`registry/repository[:tag][@digest]`; the repository may have any depth."""

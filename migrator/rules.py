@@ -26,13 +26,12 @@ from migrator.documents import (
     load_document,
     quote,
 )
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, InvalidReference
 from migrator.filters import NO_FILTERS, TagFilters
 from migrator.reference import (
     DOCKER_HUB,
     TAG,
     Reference,
-    ReferenceError,
     check_characters,
     check_digest,
     check_registry,
@@ -105,7 +104,7 @@ class Rule:
             try:  # a name outside the grammar (or too long below the target) cannot be copied
                 check_repository(repository)
                 check_repository(target)
-            except ReferenceError:
+            except InvalidReference:
                 continue
             rules.append(replace(
                 self, origin=f"{self.origin} ({self.source.registry}/{repository})",
@@ -177,7 +176,7 @@ def _check_name(
     name that is only a registry."""
     try:
         check_characters(name)  # first: a look-alike '／' would make the hints below wrong
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
     if "/" not in name and looks_like_host(name):
         # Docker would read `quay.io` as docker.io/library/quay.io; nobody means that.
@@ -192,14 +191,14 @@ def _check_name(
         raise _Bad(message)
     try:
         return split_name(name)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
 
 
 def _check_userinfo(text: str) -> None:
     try:
         check_userinfo(text)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
 
 
@@ -210,7 +209,7 @@ def _parse_tags(tagpart: str) -> tuple[str, ...]:
     try:
         for item in items:
             check_tag(item)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
     return tuple(dict.fromkeys(items))  # duplicates folded, order kept
 
@@ -221,7 +220,7 @@ def _check_catalog_name(name: str) -> tuple[str, str]:
     base = name[:-2] if name.endswith("/*") else name
     try:
         check_characters(name)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
     if "*" in base or not name.endswith("/*"):
         raise _Bad("'*' stands for every repository only as the last path component: "
@@ -241,7 +240,7 @@ def _registry_and_path(parts: list[str]) -> tuple[str, str]:
         else:
             registry, path = DOCKER_HUB, "/".join(parts)
         return registry, check_repository(path) if path else ""
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
 
 
@@ -283,7 +282,7 @@ def _parse_source(text: str, *, catalog_hint: bool = False) -> tuple[_Source, st
         return _Source(registry, repository, tags, None, None), None
     try:
         check_digest(digest)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
     if len(tags) > 1:
         raise _Bad("a source pinned by digest cannot name several tags")
@@ -305,7 +304,7 @@ def _parse_catalog_target(text: str) -> Reference:
                    "registry/namespace")
     try:
         check_characters(base)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise _Bad(str(exc)) from None
     if any(not part for part in parts):
         raise _Bad(f"{quote(base)} has an empty path component: a '/' at the start or the "
@@ -331,7 +330,7 @@ def _parse_target(text: str, source: _Source | None) -> Reference:
     if digest is not None:
         try:
             check_digest(digest)
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             raise _Bad(str(exc)) from None
         # image-syncer accepts a target digest equal to the source's: nothing to do with it.
         if source is None or digest != source.digest:
@@ -379,7 +378,7 @@ class _Defaults:
         try:
             self.registry = check_registry(registry, what="default registry")
             self.namespace = check_repository(namespace.strip("/"))
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             self.problem = (
                 f"the target is empty and the default registry/namespace is invalid: {exc} "
                 "(from --registry/--namespace or DEFAULT_REGISTRY/DEFAULT_NAMESPACE)"
@@ -391,7 +390,7 @@ class _Defaults:
         repository = f"{self.namespace}/{source.last_component}"
         try:
             check_repository(repository)
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             raise _Bad(f"the default target is invalid: {exc}") from None
         assert self.registry is not None
         return Reference(self.registry, repository)
@@ -576,7 +575,7 @@ def _read_options(value: Mapping, origin: str) -> tuple[_Options, list[str]]:
                                         and all(isinstance(item, str) for item in written)):
             try:
                 platforms = parse_platforms(written)
-            except ReferenceError as exc:
+            except InvalidReference as exc:
                 found.append(f"platforms: {exc}")
         else:
             found.append("platforms: must be a list of os/architecture[/variant] strings, "

@@ -20,6 +20,7 @@ from migrator.expand import expand
 from migrator.ledger import Ledger
 from migrator.rules import Job, Rule
 from migrator.settings import Settings
+from migrator.summary import summary_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,8 +54,7 @@ class Summary:
         return not self.failed and not self.generate_failed
 
     def line(self) -> str:
-        return (f"Images({self.images}) migration finished, {len(self.failed)} images tasks "
-                f"failed, {len(self.generate_failed)} tasks generate failed")
+        return summary_line(self.images, len(self.failed), len(self.generate_failed))
 
 
 def describe(error: BaseException) -> str:
@@ -149,6 +149,8 @@ class EmbeddedRunner:
         summary: Summary,
     ) -> list[Job]:
         def copy(job: Job) -> CopyResult:
+            # Optional in a Reporter: the console counts the copies in flight with it.
+            getattr(self.reporter, "image_started", lambda job: None)(job)
             return copy_image(job, clients=self.clients, ledger=self.ledger,
                               settings=self.settings, options=self.options,
                               blob_pool=blob_pool, on_bytes=self.reporter.add_bytes)

@@ -171,7 +171,7 @@ class RunStore:
         if not keys:
             return []
         found = self.redis.hmget(self.key(run_id, ":tasks"), keys)
-        return [tuple(json.loads(value)) for value in found if value]  # type: ignore[misc]
+        return [tuple(json.loads(value)) for value in found if value]
 
     def up_to_date(self, run_id: str, jobs: list[str]) -> None:
         """Many jobs done without a task (immutable tags on record): one round trip."""

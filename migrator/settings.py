@@ -134,7 +134,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if environ is None:
         return Settings()
     prefix = Settings.model_config["env_prefix"]
-    values = {key[len(prefix):].lower(): value for key, value in environ.items()
+    # Field names only, each value a string for pydantic to validate. `Any`, not `str`: mypy
+    # checks a `**dict[str, str]` against every keyword of BaseSettings.__init__, its
+    # `_env_file`-style options too, which no key here can be.
+    values: dict[str, Any] = {key[len(prefix):].lower(): value for key, value in environ.items()
               if key.startswith(prefix) and key[len(prefix):].lower() in Settings.model_fields}
     # Init values win over the process environment, so `environ` is the whole truth here.
     return Settings(**values)

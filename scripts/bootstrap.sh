@@ -13,6 +13,7 @@ command -v docker-registry >/dev/null || missing="$missing docker-registry"
 command -v skopeo >/dev/null || missing="$missing skopeo"
 command -v redis-server >/dev/null || missing="$missing redis-server"
 command -v chromium >/dev/null || missing="$missing chromium"
+command -v tmux >/dev/null || missing="$missing tmux"  # the terminal of tests/integration/test_terminal.py
 if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -17,7 +17,7 @@ import ssl
 
 from celery import Celery
 
-from migrator.registry.stream import limit_malloc_arenas
+from migrator.process import limit_malloc_arenas
 from migrator.settings import Settings, load_settings
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -41,7 +41,7 @@ from migrator.fleet import (
     rule_from_args,
     start_run,
 )
-from migrator.ledger import RedisLedger
+from migrator.ledger import RedisLedger, text
 from migrator.rules import Job, Rule, load_rules, resolve_defaults
 from migrator.runner import describe
 from migrator.runs import RunStore
@@ -128,7 +128,8 @@ class RunTask(Task):
                 full_jitter=self.retry_jitter)
             raise self.retry(exc=exc, countdown=countdown, max_retries=retries) from exc
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+    def on_failure(self, exc: BaseException, task_id: str, args: Sequence[Any],
+                   kwargs: dict[str, Any], einfo: object) -> None:
         reason = describe(exc)
         run_id = args[0]
         if self.name == SYNC_TASK:
@@ -265,7 +266,7 @@ def start_scheduled_run(schedule: dict) -> str | None:
         return None
     try:
         last = ctx.redis.get(last_key)
-        state = ctx.runs.state(last.decode()) if last else None
+        state = ctx.runs.state(text(last)) if last else None
         if state is not None and not state.finished:
             log.warning("schedule %s: run %s still in flight; this firing is skipped",
                         entry.name, state.run_id)

@@ -10,9 +10,15 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
-from migrator.commands.common import positive_float, positive_int
+from migrator.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    positive_float,
+    positive_int,
+)
 from migrator.documents import quote
-from migrator.errors import ConfigError
+from migrator.errors import ClusterError, ConfigError
 from migrator.kube import (
     PAGE_SIZE,
     REQUEST_TIMEOUT,
@@ -66,11 +72,12 @@ def add_config_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--request-timeout", type=positive_float, default=REQUEST_TIMEOUT,
                         metavar="SECONDS",
                         help=f"timeout of one API request (default {REQUEST_TIMEOUT:g})")
+    parser.set_defaults(handler=run_config)
     return parser
 
 
 
-def run_config(args: argparse.Namespace, environ: Mapping[str, str], err: IO[str]) -> bool:
+def write_cluster_rules(args: argparse.Namespace, environ: Mapping[str, str], err: IO[str]) -> bool:
     """`migrator config`. True when every image found has its rule (no conflict, no empty
     result). Raises ConfigError for bad input, ClusterError when the cluster cannot be read."""
     problems: list[str] = []
@@ -144,3 +151,18 @@ def run_config(args: argparse.Namespace, environ: Mapping[str, str], err: IO[str
     return complete
 
 
+def run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`migrator config`: the images a Kubernetes cluster runs, as a rules file."""
+    try:
+        complete = write_cluster_rules(args, environ, sys.stderr)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("nothing was written: fix the input above and run again", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ClusterError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if complete else EXIT_FAILED

@@ -51,6 +51,7 @@ def add_dashboard_parser(commands: Any) -> argparse.ArgumentParser:
                              "throughput samples (default 2)")
     parser.add_argument("--runs", type=positive_int, default=20, metavar="N",
                         help="newest runs shown (default 20)")
+    parser.set_defaults(handler=run_dashboard)
     return parser
 
 
@@ -84,9 +85,9 @@ def run_dashboard(args: argparse.Namespace, environ: Mapping[str, str],
             print(f"migrator dashboard: {problem}", file=err)
         return EXIT_BAD_INPUT
     except ValidationError as exc:  # a MIGRATOR_* variable of the wrong type
-        for problem in exc.errors():
-            print(f"migrator dashboard: MIGRATOR_{str(problem['loc'][0]).upper()}: "
-                  f"{problem['msg']}", file=err)
+        for error in exc.errors():
+            print(f"migrator dashboard: MIGRATOR_{str(error['loc'][0]).upper()}: "
+                  f"{error['msg']}", file=err)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         pass

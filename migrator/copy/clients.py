@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from migrator.auth import AuthFile, RegistryAuth
+from migrator.auth import AuthFile
 from migrator.registry.client import RegistryClient
+from migrator.registry.credentials import RegistryAuth
 from migrator.settings import Settings
 from migrator.throttle import LocalThrottle, Throttle
 

@@ -211,8 +211,9 @@ class _ImageCopy:
         record = self.ledger.manifest(key)
         # Under force the record vouches for nothing: the manifests are PUT whatever it says.
         vouched = not force and record is not None and record.source_digest == source_digest
-        if vouched and self.settings.trust_ledger:
-            return self._up_to_date(record.target_digest)  # type: ignore[union-attr]
+        # `vouched` implies a record; the test again is for mypy, which cannot tell.
+        if vouched and record is not None and self.settings.trust_ledger:
+            return self._up_to_date(record.target_digest)
         # What the target tag must point at: the source's manifest, or its filtered index.
         expected = {record.target_digest} if vouched and record else {source_digest}
         # A record of this source digest under this filter means it passed the filter then.

@@ -16,12 +16,11 @@ from typing import Any
 import yaml
 
 from migrator.documents import SCHEME, load_document, quote
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, InvalidReference
 from migrator.kube.scan import WORKLOADS, ScanResult, Sighting
 from migrator.reference import (
     MAX_NAME_LENGTH,
     Reference,
-    ReferenceError,
     check_registry,
     check_repository,
     normalize,
@@ -75,7 +74,7 @@ def parse_repo(text: str) -> str:
     try:
         registry = check_registry(parts[0])
         namespace = check_repository("/".join(parts[1:]))
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         raise ConfigError(f"-t/--repo {quote(text)}: {exc}") from None
     return f"{registry}/{namespace}"
 
@@ -108,7 +107,7 @@ def target_repository(source: Reference, repo: str, *, keep_namespace: bool) -> 
         name = source.repository.rsplit("/", 1)[-1]
     check_repository(f"{repo.partition('/')[2]}/{name}")  # a long dashed name may not fit
     if len(f"{repo}/{name}") > MAX_NAME_LENGTH:
-        raise ReferenceError(f"name longer than {MAX_NAME_LENGTH} characters, registry "
+        raise InvalidReference(f"name longer than {MAX_NAME_LENGTH} characters, registry "
                              f"included ({len(repo) + 1 + len(name)})")
     return f"{repo}/{name}"
 
@@ -179,13 +178,15 @@ def _normalise(
             continue
         try:
             reference = normalize(image)
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             skipped.append(Skipped(image, f"not a valid image reference: {exc}", tuple(seen)))
             continue
         found.setdefault(reference, []).extend(seen)
     # `repo@sha256:x` is copied anyway by `repo:tag@sha256:x`, which also writes the tag.
-    tagged_pins = {(r.name, r.digest): r for r in sorted(found, key=str, reverse=True)
-                   if r.digest and r.tag}
+    # `str | None`: the lookup below passes a digest that its list's filter made a str, which
+    # mypy does not carry out of the comprehension.
+    tagged_pins: dict[tuple[str, str | None], Reference] = {
+        (r.name, r.digest): r for r in sorted(found, key=str, reverse=True) if r.digest and r.tag}
     for reference in [r for r in found if r.digest and not r.tag]:
         tagged = tagged_pins.get((reference.name, reference.digest))
         if tagged is not None:
@@ -231,7 +232,7 @@ def _claim_repositories(
     for name, references in sorted(by_name.items()):
         try:
             target = target_repository(references[0], repo, keep_namespace=keep_namespace)
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             skipped += [Skipped(str(r), f"no valid target name: {exc}", tuple(found[r]))
                         for r in references]
             continue

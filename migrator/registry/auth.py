@@ -74,7 +74,7 @@ class GuardedSession(requests.Session):
                                 f"({_where(absolute)}); refused unless the registry is insecure")
         if resp.headers.get("Content-Length") != "0":
             resp.close()  # an unread body of any size: drop this connection instead
-            resp._content, resp._content_consumed = b"", True  # type: ignore[attr-defined]
+            resp._content, resp._content_consumed = b"", True
         return target
 
 
@@ -233,12 +233,12 @@ class Authenticator:
                             f"asked: {type(exc).__name__}") from None
         with response:
             try:
-                response._content = read_capped(  # type: ignore[attr-defined]
+                response._content = read_capped(
                     response, MAX_TOKEN_ANSWER, self.timeout[1],
                     f"{self.registry}: token service answer", truncate=True)
             except RegistryError as exc:
                 raise AuthError(str(exc)) from None
-            response._content_consumed = True  # type: ignore[attr-defined]
+            response._content_consumed = True
         if response.status_code in (401, 403):
             who = f"user {self.credentials.username!r}" if self.credentials.username else (
                 "anonymous access")

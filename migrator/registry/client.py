@@ -17,12 +17,18 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, Required, TypedDict, Unpack
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 from tenacity.wait import wait_base
 
 from migrator import __version__
@@ -30,6 +36,7 @@ from migrator.errors import (
     AuthError,
     BlobUnknownOnPush,
     DigestMismatch,
+    ErrorContext,
     MigratorError,
     RegistryError,
     RetryableError,
@@ -67,6 +74,25 @@ API_HOSTS = {"docker.io": "registry-1.docker.io"}
 USER_AGENT = f"migrator/{__version__}"
 
 
+class BodyReader(Protocol):
+    """A streamed request body (chunked.py's `_Chunk`, stream.py's `VerifyingReader`):
+    requests reads it in blocks."""
+
+    def read(self, amount: int = -1, /) -> bytes: ...
+
+
+class SendOptions(TypedDict, total=False):
+    """The keyword arguments of `RegistryClient._send`, which `request` passes on."""
+
+    scopes: Required[tuple[str, ...]]
+    expect: Iterable[int]
+    headers: dict[str, str] | None
+    data: bytes | BodyReader | None
+    stream: bool
+    allow_redirects: bool
+    learn_on_401: bool
+
+
 def redact(url: str) -> str:
     """A URL fit for messages: no userinfo, no query (upload state, signed redirect URLs)."""
     parts = urlsplit(url)
@@ -97,7 +123,7 @@ class wait_retry_after(wait_base):
         self.exponential = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
         self.retry_after_max = retry_after_max
 
-    def __call__(self, retry_state) -> float:  # type: ignore[no-untyped-def]
+    def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, RetryableStatus) and exc.retry_after is not None:
             return min(exc.retry_after, self.retry_after_max)
@@ -111,10 +137,15 @@ def retrying(settings: Settings, attempts: int) -> Retrying:
         stop=stop_after_attempt(attempts),
         wait=wait_retry_after(settings.backoff_initial, settings.backoff_max,
                               settings.retry_after_max),
-        before_sleep=lambda state: log.debug(
-            "retrying after %s (attempt %d)", state.outcome.exception(), state.attempt_number),
+        before_sleep=_log_retry,
         reraise=True,
     )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    # tenacity calls `before_sleep` only after an attempt ended, so its outcome is set.
+    assert state.outcome is not None
+    log.debug("retrying after %s (attempt %d)", state.outcome.exception(), state.attempt_number)
 
 
 def _oci_error(response: requests.Response) -> tuple[str, str]:
@@ -229,7 +260,7 @@ class RegistryClient:
         scopes: tuple[str, ...],
         expect: Iterable[int] = (200,),
         headers: dict[str, str] | None = None,
-        data: object = None,
+        data: bytes | BodyReader | None = None,
         stream: bool = False,
         allow_redirects: bool = True,
         learn_on_401: bool = True,
@@ -322,7 +353,8 @@ class RegistryClient:
     def _own_host(self, url: str) -> bool:
         return urlsplit(url).netloc == self.api_host
 
-    def request(self, method: str, path_or_url: str, **kwargs) -> requests.Response:  # type: ignore[no-untyped-def]
+    def request(self, method: str, path_or_url: str,
+                **kwargs: Unpack[SendOptions]) -> requests.Response:
         """`_send` with transient faults retried (only for requests whose body can be replayed)."""
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         for attempt in retrying(self.settings, self.settings.http_attempts):
@@ -336,7 +368,8 @@ class RegistryClient:
         status = response.status_code
         code, detail = _oci_error(response)
         response.close()
-        where = dict(method=method, url=redact(url), status=status, code=code, detail=detail)
+        where = ErrorContext(method=method, url=redact(url), status=status, code=code,
+                             detail=detail)
         path = urlsplit(url).path
         repository = _repository_of(path)
         pushing = any(scope.endswith("push") for scope in scopes)
@@ -566,7 +599,8 @@ class RegistryClient:
         response.close()
         return self._location(response)
 
-    def finish_upload(self, repository: str, upload_url: str, digest: str, body: object) -> None:
+    def finish_upload(self, repository: str, upload_url: str, digest: str,
+                      body: bytes | BodyReader) -> None:
         """Monolithic PUT of a streamed body; not retried here (a stream cannot be replayed)."""
         separator = "&" if "?" in upload_url else "?"
         response = self._send(
@@ -575,7 +609,7 @@ class RegistryClient:
             headers={"Content-Type": "application/octet-stream"})
         response.close()
 
-    def upload_chunk(self, repository: str, session: UploadSession, body: object,
+    def upload_chunk(self, repository: str, session: UploadSession, body: BodyReader,
                      length: int) -> UploadSession:
         """PATCH `length` bytes at the session's offset; the registry's `Range` answer, not our
         own count, says how far the upload now goes. Not retried here (a stream)."""
@@ -653,7 +687,8 @@ class RegistryClient:
         status = response.status_code
         code, detail = _oci_error(response)
         response.close()
-        where = dict(method="GET", url=redact(url), status=status, code=code, detail=detail)
+        where = ErrorContext(method="GET", url=redact(url), status=status, code=code,
+                             detail=detail)
         if status in (401, 403) or code in ("DENIED", "UNAUTHORIZED"):
             who = (f"user {self.credentials.username!r}" if self.credentials.username
                    else "anonymous access")

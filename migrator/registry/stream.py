@@ -10,10 +10,6 @@ import requests
 import urllib3.exceptions
 
 from migrator.errors import DigestMismatch, RegistryError, TransportError
-
-# Compatibility re-export: cli.py and workers/app.py import it from here. Remove it when they
-# import it from migrator.process, where it lives (a process concern, not a stream's).
-from migrator.process import limit_malloc_arenas as limit_malloc_arenas
 from migrator.settings import default
 
 # Slow-loris guard: a body must bring this many bytes (or its end) in every read-timeout
@@ -91,11 +87,11 @@ def read_capped(response: requests.Response, limit: int, window: float, what: st
 def preload(response: requests.Response, limit: int, window: float, what: str, *,
             truncate: bool = False) -> None:
     """Make `response.content` (and `.json()`, `.text`) the capped body of a streamed answer."""
-    if response._content_consumed:  # type: ignore[attr-defined]
+    if response._content_consumed:
         return
     body = read_capped(response, limit, window, what, truncate=truncate)
-    response._content = body  # type: ignore[attr-defined]
-    response._content_consumed = True  # type: ignore[attr-defined]
+    response._content = body
+    response._content_consumed = True
 
 
 def read_block(response: requests.Response, want: int, pace: Pace) -> bytes:

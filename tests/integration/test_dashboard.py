@@ -35,15 +35,6 @@ CHROMIUM = os.environ.get("MIGRATOR_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
-# The CLI owner registers the command in migrator/cli.py; until then the test builds the same
-# subcommand parser and calls the command's entry, as `migrator dashboard` will.
-LAUNCH = """
-import argparse, os, sys
-from migrator.commands.dashboard import add_dashboard_parser, run_dashboard
-parser = argparse.ArgumentParser(prog="migrator")
-add_dashboard_parser(parser.add_subparsers(dest="command"))
-sys.exit(run_dashboard(parser.parse_args(["dashboard", *sys.argv[1:]]), os.environ))
-"""
 SRC, DST = "127.0.0.1:5000", "127.0.0.1:5001"
 
 
@@ -60,7 +51,7 @@ class Dashboard:
         self.log_path = workdir / f"dashboard-{time.monotonic_ns()}.log"
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, *args], cwd=ROOT, stdout=self.log,
+            [sys.executable, "-m", "migrator", "dashboard", *args], cwd=ROOT, stdout=self.log,
             stderr=subprocess.STDOUT, env={**_base_env(), "MIGRATOR_REDIS_URL": REDIS_URL,
                                            **env})
         self.url = ""

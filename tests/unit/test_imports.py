@@ -14,9 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # it holds only `__version__` (and is loaded anyway, as the registry's parent).
 REGISTRY_MAY_IMPORT = ("migrator.errors", "migrator.settings", "migrator.throttle",
                        "migrator.registry")
-# Compatibility re-exports for modules owned elsewhere, each to be removed with its entry:
-# cli.py and workers/app.py import limit_malloc_arenas from migrator.registry.stream.
-REGISTRY_EXCEPTIONS = {("migrator/registry/stream.py", "migrator.process")}
+# Exceptions to the rule above, each with its reason (none now).
+REGISTRY_EXCEPTIONS: set[tuple[str, str]] = set()
 
 CLI_MODULES = ("migrator.cli", "migrator.commands")
 # The command line itself may import its own parts; `python -m migrator` starts it.

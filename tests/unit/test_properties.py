@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from migrator.auth import load_auth
 from migrator.documents import quote
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, InvalidReference
 from migrator.reference import (
     DIGEST,
     HOST,
@@ -26,7 +26,6 @@ from migrator.reference import (
     PATH_COMPONENT,
     TAG,
     Reference,
-    ReferenceError,
     normalize,
     parse,
 )
@@ -103,7 +102,7 @@ def test_valid_references_parse_and_print_back(text):
 def test_parse_accepts_only_the_grammar(text):
     try:
         reference = parse(text)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         assert isinstance(exc, ConfigError)
         assert str(exc) and "\n" not in str(exc) and "\r" not in str(exc)
         assert "pass@" not in str(exc)  # a user:pass@ written in a reference is not repeated
@@ -118,7 +117,7 @@ def test_parse_accepts_only_the_grammar(text):
 def test_normalize_accepts_only_the_grammar(text):
     try:
         reference = normalize(text)
-    except ReferenceError as exc:
+    except InvalidReference as exc:
         assert str(exc) and "\n" not in str(exc) and "\r" not in str(exc)
         return
     assert_in_grammar(reference)

@@ -2,10 +2,9 @@
 
 import pytest
 
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, InvalidReference
 from migrator.reference import (
     Reference,
-    ReferenceError,
     check_digest,
     check_tag,
     normalize,
@@ -61,7 +60,7 @@ class TestSplitName:
         assert split_name(name) == expected
 
     def test_empty_component(self):
-        with pytest.raises(ReferenceError, match="empty path component"):
+        with pytest.raises(InvalidReference, match="empty path component"):
             split_name("quay.io//etcd")
 
 
@@ -142,7 +141,7 @@ class TestParse:
         ],
     )
     def test_invalid(self, text):
-        with pytest.raises(ReferenceError):
+        with pytest.raises(InvalidReference):
             parse(text)
 
     def test_reference_error_is_a_config_error(self):
@@ -150,7 +149,7 @@ class TestParse:
             parse("quay.io/Coreos/etcd")
 
     def test_messages_escape_line_breaks(self):
-        with pytest.raises(ReferenceError) as info:
+        with pytest.raises(InvalidReference) as info:
             parse("quay.io/coreos/etcd\r\n:v1")
         assert "\n" not in str(info.value) and "\r" not in str(info.value)
         assert "'\\r' (U+000D)" in str(info.value)
@@ -163,14 +162,14 @@ class TestCheck:
 
     @pytest.mark.parametrize("tag", ["", ".x", "-x", "a/b", "a:b", "a b", "t" * 129, "é"])
     def test_invalid_tags(self, tag):
-        with pytest.raises(ReferenceError):
+        with pytest.raises(InvalidReference):
             check_tag(tag)
 
     def test_digests(self):
         assert check_digest(DIGEST) == DIGEST
         assert check_digest("sha512:" + "b" * 128)
         for bad in ["sha256:" + "a" * 63, "sha256:" + "g" * 64, "a" * 64, "sha256-" + "a" * 64]:
-            with pytest.raises(ReferenceError):
+            with pytest.raises(InvalidReference):
                 check_digest(bad)
 
 
@@ -202,7 +201,7 @@ class TestNormalize:
 
     @pytest.mark.parametrize("text", ["Nginx", "nginx:", "nginx@sha256:1", "a//b", "nginx:a b"])
     def test_invalid(self, text):
-        with pytest.raises(ReferenceError):
+        with pytest.raises(InvalidReference):
             normalize(text)
 
 
@@ -228,19 +227,19 @@ class TestHostile:
         ],
     )
     def test_refused_with_the_reason(self, text, expected):
-        with pytest.raises(ReferenceError) as info:
+        with pytest.raises(InvalidReference) as info:
             parse(text)
         assert expected in str(info.value)
 
     @pytest.mark.parametrize("text", ["user:hunter2@quay.io/ns/repo",
                                       "https://user:hunter2@quay.io/ns/repo"])
     def test_credentials_in_a_reference_are_not_repeated(self, text):
-        with pytest.raises(ReferenceError) as info:
+        with pytest.raises(InvalidReference) as info:
             parse(text)
         assert "hunter2" not in str(info.value)
 
     def test_a_long_bad_part_is_cut_in_the_message(self):
-        with pytest.raises(ReferenceError) as info:
+        with pytest.raises(InvalidReference) as info:
             parse("quay.io/ns/" + "A" * 250)
         assert len(str(info.value)) < 400 and "(253 characters)" in str(info.value)
 

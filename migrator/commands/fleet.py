@@ -1,0 +1,184 @@
+"""`enqueue` and `status`: the commands that hand work to the fleet and follow it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from migrator.commands.common import EXIT_FAILED, EXIT_OK, settings_from
+from migrator.commands.inputs import add_input_flags, load_inputs
+from migrator.commands.reports import add_report_flags, write_report, write_success_images
+from migrator.errors import ConfigError, RunVanished
+from migrator.settings import Settings
+
+if TYPE_CHECKING:
+    from migrator.runs import RunState, RunStore
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    enqueue = commands.add_parser(
+        "enqueue", help="validate the rules and hand them to the fleet of workers",
+        description="Validate the rules, record a run in Redis and send one Celery task per "
+                    "image (or per rule whose tags must be listed). Prints the run id.")
+    add_input_flags(enqueue)
+    enqueue.add_argument("--wait", action="store_true",
+                         help="follow the run until it ends, then print its summary")
+    add_watch_flags(enqueue)
+
+    status = commands.add_parser(
+        "status", help="progress and outcome of fleet runs",
+        description="Show a fleet run's progress and outcome; without RUN_ID, recent runs.")
+    status.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    status.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    status.add_argument("--json", action="store_true", help="print the run as JSON")
+    add_watch_flags(status)
+    enqueue.set_defaults(handler=run_enqueue)
+    status.set_defaults(handler=run_status)
+
+
+def add_watch_flags(parser: argparse.ArgumentParser) -> None:
+    add_report_flags(parser)
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop waiting after this long (exit code 1 if unfinished)")
+
+
+def fleet_store(settings: Settings) -> RunStore:
+    import redis
+
+    from migrator.runs import RunStore
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10)
+    return RunStore(client, prefix=settings.redis_prefix, ttl=settings.run_ttl)
+
+
+def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from migrator.copy import CopyOptions
+    from migrator.fleet import start_run
+
+    settings, auth, rules = load_inputs(args, environ)
+    from workers.app import make_app  # the producer needs Celery only to send
+
+    app = make_app(settings)
+
+    def send(name: str, task_args: list, kwargs: dict) -> None:
+        app.send_task(name, args=task_args, kwargs=kwargs)
+
+    store = fleet_store(settings)
+    started = start_run(rules, auth, settings, store=store, send=send,
+                        name=args.config or args.images or args.src or "images.json",
+                        retries=args.retries,
+                        options=CopyOptions(platforms=args.platform, referrers=args.referrers,
+                                            immutable_tags=args.immutable_tags,
+                                            force=args.force))
+    for warning in started.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(started.run_id, flush=True)
+    if not args.wait:
+        return EXIT_OK
+    return watch_run(store, started.run_id, args, settings)
+
+
+def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import json
+
+    settings = settings_from(environ)
+    store = fleet_store(settings)
+    if args.run_id is None:
+        for run in store.recent():
+            print(f"{run.run_id}  {run.name}  {run.done}/{run.total} images, "
+                  f"{len(run.failed)} failed, {len(run.generate_failed)} generate failed"
+                  f"{'' if run.finished else '  (running)'}")
+        return EXIT_OK
+    # One read: a second one could find the record gone (expired, flushed) after this check.
+    state = store.state(args.run_id)
+    if state is None:
+        raise ConfigError(f"run {args.run_id!r} not found in {settings.redis_prefix}runs")
+    if args.wait:
+        return watch_run(store, args.run_id, args, settings)
+    if args.json:
+        print(json.dumps({**state.__dict__, "done": state.done, "finished": state.finished,
+                          "summary": state.line()}, indent=2))
+    else:
+        print_run(state)
+    write_run_reports(store, state, args)
+    if not state.finished:
+        return EXIT_FAILED
+    return EXIT_OK if state.ok else EXIT_FAILED
+
+
+def watch_run(store: RunStore, run_id: str, args: argparse.Namespace,
+              settings: Settings) -> int:
+    from migrator.fleet import watch
+    from migrator.progress import ConsoleReporter
+    from migrator.throttle import RedisThrottle
+
+    reporter = ConsoleReporter(sys.stdout)
+    reporter.phase("Start to handle images tasks, please wait ...")
+
+    throttle = RedisThrottle(store.redis, prefix=store.prefix)
+    announced: dict[str, float] = {}
+
+    def show(state: RunState) -> None:
+        reporter.set_counts(total=state.total, done=state.done, failed=len(state.failed),
+                            copied_bytes=state.bytes, skipped=state.skipped)
+        for registry, pause in sorted(throttle.pauses().items()):
+            if announced.get(registry) != pause.until:  # each pause said once
+                announced[registry] = pause.until
+                reporter.phase(f"{registry}: the fleet pauses its requests for "
+                               f"{pause.remaining:.0f} s ({pause.reason})")
+
+    from workers.app import make_app
+
+    app = make_app(settings)
+
+    def resend(name: str, task_args: list, kwargs: dict) -> None:
+        app.send_task(name, args=task_args, kwargs=kwargs)
+
+    def resent(count: int) -> None:
+        reporter.phase(f"nothing ended for {stalled_after:.0f} s: sent the {count} unfinished "
+                       "tasks again (a killed worker may have lost them)")
+
+    stalled_after = (settings.resend_after if settings.resend_after is not None
+                     else settings.visibility_timeout + 60)
+    try:
+        state = watch(store, run_id, on_state=show, timeout=args.timeout, resend=resend,
+                      stalled_after=stalled_after, on_resend=resent)
+    except RunVanished:
+        print(f"run {run_id} is no longer in Redis (flushed, or expired after "
+              "MIGRATOR_RUN_TTL): its outcome is unknown; enqueue the rules again",
+              file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        reporter.close()
+    print_run(state)
+    write_run_reports(store, state, args)
+    if not state.finished:
+        print(f"run {run_id} is still running", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if state.ok else EXIT_FAILED
+
+
+def print_run(state: RunState) -> None:
+    for job, reason in sorted(state.failed.items()):
+        print(f"failed: {job}: {reason}", file=sys.stderr)
+    for rule, reason in sorted(state.generate_failed.items()):
+        print(f"generate failed: {rule}: {reason}", file=sys.stderr)
+    if state.finished:
+        print(state.line(), flush=True)
+    else:
+        print(f"run {state.run_id}: {state.done}/{state.total} images done, "
+              f"{state.expands_pending} rules still to expand", flush=True)
+
+
+def write_run_reports(store: RunStore, state: RunState, args: argparse.Namespace) -> None:
+    """The reports of `sync`, for a fleet run: images files, reasons in a sidecar."""
+    from migrator.fleet import job_from_key
+
+    write_report(args.output_failed,
+                 {job_from_key(key): reason for key, reason in state.failed.items()})
+    if args.output_success or args.output_success_images:
+        succeeded = [job_from_key(key) for key in store.succeeded_jobs(state.run_id)]
+        write_report(args.output_success, dict.fromkeys(succeeded, ""))
+        write_success_images(args.output_success_images, args.output_images_format, succeeded)
