@@ -12,11 +12,14 @@
     ├── AuthError                credentials refused, token endpoint failed
     ├── RegistryError            the registry answered with a status we cannot use
     │   ├── ManifestUnsupported  schema1 and other formats we refuse to copy
-    │   └── BlobUnknownOnPush    manifest PUT refused because blobs are missing
+    │   ├── BlobUnknownOnPush    manifest PUT refused because blobs are missing
+    │   └── RegistryUnreachable  its `/v2/` ping could not connect: refused, no such host,
+    │                            TLS handshake failed (its remaining work fails at once)
     ├── DigestMismatch           bytes did not hash to the digest that named them
     ├── RunVanished              a fleet run's record is gone from Redis
-    └── RetryableError           worth another try: the only branch retried automatically
-        ├── TransportError       connection reset, refused, timed out, TLS handshake
+    └── RetryableError           worth another try: the only branch retried, by both
+        │                        executors (`migrator sync`'s retry passes, the fleet's tasks)
+        ├── TransportError       connection reset, refused, timed out, cut short
         ├── UploadSessionLost    the registry forgot a chunked upload (also a RegistryError)
         └── RetryableStatus      408, 429, 5xx (also a RegistryError)
 
@@ -116,6 +119,12 @@ class BlobUnknownOnPush(RegistryError):
     """The target refused a manifest because it lacks some of its blobs."""
 
 
+class RegistryUnreachable(RegistryError):
+    """A registry's `/v2/` ping could not connect for a reason another try would meet again:
+    connection refused, no such host, TLS handshake failed. Not retried: the client fails
+    that registry's remaining work at once (`RegistryClient.ping`)."""
+
+
 class DigestMismatch(MigratorError):
     """Bytes hashed to something else than the digest that named them."""
 
@@ -142,7 +151,15 @@ class RetryableError(MigratorError):
 
 
 class TransportError(RetryableError):
-    """The connection failed: reset, refused, timed out, TLS handshake, truncated body."""
+    """The connection failed: reset, refused, timed out, truncated body.
+
+    `unreachable` is the short cause when no connection could be opened at all (connection
+    refused, no such host): mid-run that is worth another try (a registry restarting), on a
+    registry's first contact it is not (`RegistryUnreachable`)."""
+
+    def __init__(self, message: str, *, unreachable: str = "") -> None:
+        self.unreachable = unreachable
+        super().__init__(message)
 
 
 class UploadSessionLost(RetryableError, RegistryError):

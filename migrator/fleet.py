@@ -19,7 +19,7 @@ from typing import Any
 
 from migrator.auth import AuthFile, seal, unseal
 from migrator.copy.options import CopyOptions
-from migrator.errors import RunVanished
+from migrator.errors import ConfigError, RunVanished
 from migrator.filters import TagFilters
 from migrator.reference import parse
 from migrator.registry.credentials import RegistryAuth
@@ -100,12 +100,15 @@ def auth_for_transport(auth: AuthFile, settings: Settings) -> tuple[str, str | N
     # Settings, never secrets: a proxy URL may carry a password, so it stays here too.
     plain = {name: entry.model_dump(include=PLAIN_FIELDS, exclude_defaults=True)
              for name, entry in auth.entries.items()}
-    warning = None
-    if any(not entry.anonymous for entry in auth.entries.values()):
-        warning = ("the credentials of the auth file stay on this machine: set "
-                   "MIGRATOR_SECRET_KEY (the same for producer and workers) to hand them to "
-                   "the fleet sealed, or give the workers their own MIGRATOR_AUTH_FILE")
-    return PLAIN + json.dumps(plain), warning
+    with_credentials = [name for name, entry in auth.entries.items() if not entry.anonymous]
+    if with_credentials:
+        # The workers would go anonymous and fail later with a misleading 401: refuse now.
+        raise ConfigError(
+            f"{auth.path}: the credentials for {', '.join(with_credentials)} cannot reach the "
+            "workers: set MIGRATOR_SECRET_KEY (the same for producer and workers) to hand them "
+            "over sealed, or give the workers their own MIGRATOR_AUTH_FILE and leave the "
+            "credentials out of this auth file")
+    return PLAIN + json.dumps(plain), None
 
 
 def auth_from_transport(text: str | None, settings: Settings) -> AuthFile:

@@ -61,8 +61,6 @@ class Ledger(Protocol):
 
     def record_manifest(self, target: str, record: ManifestRecord) -> None: ...
 
-    def forget_manifest(self, target: str) -> None: ...
-
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]: ...
 
     def upload_session(self, registry: str, repository: str, digest: str
@@ -130,10 +128,6 @@ class MemoryLedger:
     def record_manifest(self, target: str, record: ManifestRecord) -> None:
         with self._lock:
             self._manifests[target] = record
-
-    def forget_manifest(self, target: str) -> None:
-        with self._lock:
-            self._manifests.pop(target, None)
 
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:
         return self._locks.hold(registry, digest)
@@ -219,10 +213,6 @@ class SQLiteLedger:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?)",
                              (target, record.source_digest, record.target_digest))
-
-    def forget_manifest(self, target: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM manifests WHERE target = ?", (target,))
 
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:
         return self._locks.hold(registry, digest)
@@ -336,9 +326,6 @@ class RedisLedger:
         self.redis.hset(f"{self.prefix}manifest:{target}",
                         mapping={"source": record.source_digest, "target": record.target_digest})
 
-    def forget_manifest(self, target: str) -> None:
-        self.redis.delete(f"{self.prefix}manifest:{target}")
-
     @contextmanager
     def blob_lock(self, registry: str, digest: str) -> Iterator[BlobLock]:
         """Held by one worker of the fleet at a time; a crashed holder's lock expires.
@@ -446,9 +433,6 @@ class ReadOnlyLedger:
         return self._ledger.manifest(target)
 
     def record_manifest(self, target: str, record: ManifestRecord) -> None:
-        pass
-
-    def forget_manifest(self, target: str) -> None:
         pass
 
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:

@@ -1,7 +1,10 @@
 """The embedded executor of `migrator sync`: a thread pool in one process, a local ledger.
 
 It does what image-syncer does, in the same order: expand every rule into image tasks
-("generate"), run them, then retry the failed ones `retries` times after the pass.
+("generate"), run them, then retry the failed ones `retries` times after the pass. Only what
+another try may cure is retried (the `RetryableError` branch: resets, timeouts, 408, 429, 5xx),
+the policy of the fleet's tasks too; a 401, 403, 404 or TLS failure is reported after the
+pass it happened in.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Protocol, TypedDict, TypeVar, Unpack
 
 from migrator.auth import AuthFile
 from migrator.copy import ClientPool, Clients, CopyOptions, CopyResult, copy_image
-from migrator.errors import MigratorError
+from migrator.errors import MigratorError, RetryableError
 from migrator.expand import expand
 from migrator.ledger import Ledger
 from migrator.rules import Job, Rule
@@ -114,8 +117,7 @@ class EmbeddedRunner:
                     log.info("retry pass %d of %d in %.1fs: %d images, %d rules", attempt,
                              self.retries, delay, len(pending_jobs), len(pending_rules))
                     time.sleep(delay)
-                new_jobs = self._generate(pending_rules, image_pool, summary)
-                pending_rules = list(summary.generate_failed)
+                new_jobs, pending_rules = self._generate(pending_rules, image_pool, summary)
                 fresh = [job for job in new_jobs if job not in jobs]
                 jobs.update(dict.fromkeys(fresh))
                 self.reporter.add_total(len(fresh))
@@ -127,10 +129,13 @@ class EmbeddedRunner:
         summary.images = len(jobs)
         return summary
 
-    def _generate(self, rules: list[Rule], pool: ThreadPoolExecutor, summary: Summary) -> list[Job]:
-        # A rule that fails is retried on the next pass; a catalog rule's repositories are
-        # rules of their own, expanded and retried each on its own.
+    def _generate(self, rules: list[Rule], pool: ThreadPoolExecutor, summary: Summary
+                  ) -> tuple[list[Job], list[Rule]]:
+        """The jobs of `rules`, and the rules to try again on the next pass (those that failed
+        retryably). A catalog rule's repositories are rules of their own, expanded and retried
+        each on its own."""
         jobs: list[Job] = []
+        again: list[Rule] = []
         for outcome in expand(rules, self.clients, pool):
             if outcome.error is None:
                 summary.generate_failed.pop(outcome.rule, None)
@@ -139,7 +144,9 @@ class EmbeddedRunner:
                 reason = describe_unexpected(outcome.rule, outcome.error)
                 summary.generate_failed[outcome.rule] = reason
                 log.error("generate failed for %s: %s", outcome.rule.origin, reason)
-        return jobs
+                if isinstance(outcome.error, RetryableError):
+                    again.append(outcome.rule)
+        return jobs, again
 
     def _handle(
         self,
@@ -148,31 +155,44 @@ class EmbeddedRunner:
         blob_pool: ThreadPoolExecutor,
         summary: Summary,
     ) -> list[Job]:
+        """Copy `jobs`; the failed ones worth another pass (retryable) are returned."""
+
         def copy(job: Job) -> CopyResult:
             # Optional in a Reporter: the console counts the copies in flight with it.
             getattr(self.reporter, "image_started", lambda job: None)(job)
             return copy_image(job, clients=self.clients, ledger=self.ledger,
                               settings=self.settings, options=self.options,
-                              blob_pool=blob_pool, on_bytes=self.reporter.add_bytes)
+                              blob_pool=blob_pool, on_bytes=self.reporter.add_bytes,
+                              notes_shown=True)  # `sync` prints each note once, at the end
 
-        failed: list[Job] = []
-        for job, result, error in run_all(image_pool, copy, jobs):
-            if error is None:
+        again: list[Job] = []
+        for job, result, error in _run_each(image_pool, copy, jobs):
+            reason = None if error is None else describe_unexpected(job, error)
+            if reason is None:
                 summary.failed.pop(job, None)
                 assert result is not None
                 (summary.skipped if result.outcome == "skipped" else summary.results).append(result)
             else:
-                summary.failed[job] = error
-                failed.append(job)
-                log.error("failed %s: %s", job, error)
-            self.reporter.image_done(job, result, error)
-        return failed
+                summary.failed[job] = reason
+                if isinstance(error, RetryableError):
+                    again.append(job)
+                log.error("failed %s: %s", job, reason)
+            self.reporter.image_done(job, result, reason)
+        return again
 
 
 def run_all(
     pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T]
 ) -> Iterator[tuple[T, R | None, str | None]]:
     """Run `work` on every item; yield (item, result, None) or (item, None, error) as each ends."""
+    for item, result, error in _run_each(pool, work, items):
+        yield item, result, None if error is None else describe_unexpected(item, error)
+
+
+def _run_each(
+    pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T]
+) -> Iterator[tuple[T, R | None, BaseException | None]]:
+    """`run_all` with the exception itself, for a caller that decides on its kind."""
     futures: dict[Future[R], T] = {pool.submit(work, item): item for item in items}
     for future in as_completed(futures):
         item = futures[future]
@@ -180,7 +200,7 @@ def run_all(
         if error is None:
             yield item, future.result(), None
         else:
-            yield item, None, describe_unexpected(item, error)
+            yield item, None, error
 
 
 def describe_unexpected(item: object, error: BaseException) -> str:

@@ -4,7 +4,8 @@ Counters are sets and hashes keyed by the image task ("src -> dst"), not increme
 that Celery delivers twice counts once (invariant 6), and progress and the summary line are
 derived, never stored twice:
 
-    {p}run:{id}            HASH  name, created, retries, bytes
+    {p}run:{id}            HASH  name, created, retries, bytes; cancelled (a time) once
+                                 `migrator cancel` asked: workers drop its queued tasks
     {p}run:{id}:jobs       SET   every image task of the run (src -> dst)
     {p}run:{id}:ok         SET   the tasks that ended copied or up to date
     {p}run:{id}:skipped    HASH  task → why, for images the platform filter left out: done,
@@ -54,6 +55,7 @@ class RunState:
     generate_failed: dict[str, str] = field(default_factory=dict)
     expands_pending: int = 0
     bytes: int = 0
+    cancelled: float = 0.0  # when `migrator cancel` stopped it (0: never)
 
     @property
     def done(self) -> int:
@@ -61,11 +63,14 @@ class RunState:
 
     @property
     def finished(self) -> bool:
-        return self.expands_pending == 0 and self.done >= self.total
+        """Nothing more will happen: all done, or cancelled (copies already running finish
+        on their own, and count when they end)."""
+        return bool(self.cancelled) or (self.expands_pending == 0 and self.done >= self.total)
 
     @property
     def ok(self) -> bool:
-        return self.finished and not self.failed and not self.generate_failed
+        return (self.finished and not self.cancelled and not self.failed
+                and not self.generate_failed)
 
     def line(self) -> str:
         """The summary line of image-syncer / image-migrator, also for fleet runs."""
@@ -102,6 +107,21 @@ class RunStore:
             pipe.zadd(f"{self.prefix}runs", {run_id: now})
             pipe.execute()
         return run_id
+
+    def cancel(self, run_id: str) -> bool:
+        """Mark the run cancelled (False: no such run). Workers drop its tasks as they take
+        them; watchers end."""
+        if not self.redis.exists(self.key(run_id)):
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.hsetnx(self.key(run_id), "cancelled", time.time())
+            self._wake(pipe, run_id)
+            pipe.execute()
+        return True
+
+    def cancelled(self, run_id: str) -> bool:
+        """One HEXISTS: what a worker asks before it starts a task of the run."""
+        return bool(self.redis.hexists(self.key(run_id), "cancelled"))
 
     def auth(self, run_id: str) -> str | None:
         value = self.redis.get(self.key(run_id, ":auth"))
@@ -247,7 +267,7 @@ class RunStore:
             run_id=run_id, name=info.get("name", ""), created=float(info.get("created", 0)),
             total=total, succeeded=succeeded, skipped=skipped, failed=_decoded(failed),
             generate_failed=_decoded(genfailed), expands_pending=expands,
-            bytes=int(info.get("bytes", 0)),
+            bytes=int(info.get("bytes", 0)), cancelled=float(info.get("cancelled", 0)),
         )
 
     def recent(self, count: int = 20) -> list[RunState]:

@@ -116,7 +116,14 @@ class Settings(BaseSettings):
         "a wait for another worker's upload of a large blob)")
     metrics_port: int = Field(
         0, ge=0, le=65535, description="port of each worker's Prometheus /metrics; 0: off")
-    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
+    # Loopback by default: /metrics is unauthenticated. A scraper on another host or pod
+    # needs 0.0.0.0 (or ::), as deploy/kubernetes/worker.yaml sets.
+    metrics_address: str = Field(
+        "127.0.0.1", description="address the metrics server binds; 0.0.0.0 (or ::) to be "
+        "scraped from other hosts")
+    metrics_max_registries: int = Field(
+        50, ge=1, description="distinct registries a worker process names in the "
+        "source_registry/target_registry metric labels; later ones are counted as `other`")
     shutdown_timeout: float = Field(
         0.0, ge=0, description="seconds a SIGTERM'd worker lets running copies finish before "
         "it hands their tasks back to the queue and exits; 0: wait as long as they take. Keep "

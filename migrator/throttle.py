@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from migrator.ledger import text
+from migrator.settings import default
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,9 @@ class RedisThrottle:
         {prefix}strikes:{registry}  429s without Retry-After in a row (expires after a minute)
     """
 
-    def __init__(self, client: Any, *, prefix: str = "migrator:", lease: float = 300.0) -> None:
+    def __init__(self, client: Any, *, prefix: str | None = None, lease: float = 300.0) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.prefix = default("redis_prefix") if prefix is None else prefix
         self.lease_ms = int(lease * 1000)
         self._bucket = client.register_script(_TOKEN_BUCKET)
         self._slot = client.register_script(_ACQUIRE_SLOT)

@@ -19,12 +19,16 @@ Liveness: `python -m workers.health` (the Kubernetes liveness and startup probe)
     ignored (a restarted worker removes them). It reads files only, no Redis: a probe costs
     a Python start (importing the `workers` package, about 0.5 s of CPU) and a few stat().
 
-Metrics: `MIGRATOR_METRICS_PORT` (0, the default: off)
+Metrics: `MIGRATOR_METRICS_PORT` (0, the default: off) on `MIGRATOR_METRICS_ADDRESS` (127.0.0.1)
     Each worker process serves `/metrics` for Prometheus: bytes copied and streamed, blobs
     uploaded / mounted / skipped, images copied / up-to-date / skipped (platform filter) /
     failed, final failures and retries by reason class (a small fixed set: `auth`,
     `not_found`, `denied`, `transport`, `http_429`, `http_5xx`, `digest_mismatch`, ...),
-    tasks in progress and task durations.
+    tasks in progress and task durations; and the same bytes, images, failures and retries
+    per `source_registry` and `target_registry` (`migrator_registry_*`). A registry label
+    holds a host[:port] only, and at most `MIGRATOR_METRICS_MAX_REGISTRIES` of them per
+    process (later ones: `other`). No run, repository, tag or message is ever a label value
+    (docs/metrics.md says why there is no `run` label).
     With `--pool prefork`, set `PROMETHEUS_MULTIPROC_DIR` so the children's counts add up.
 
 Shutdown: `MIGRATOR_SHUTDOWN_TIMEOUT` (0, the default: Celery's warm shutdown, unbounded)
@@ -43,7 +47,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +66,8 @@ from migrator.errors import (
     RetryableStatus,
     TransportError,
 )
-from migrator.settings import Settings, load_settings
+from migrator.reference import check_registry, parse
+from migrator.settings import Settings, default, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,87 @@ for _result in ("uploaded", "mounted", "skipped"):
     BLOBS.labels(result=_result)
 for _outcome in ("copied", "up-to-date", "skipped", "failed"):
     IMAGES.labels(outcome=_outcome)
+
+# The same counts per registry pair. New families beside the ones above, not labels added to
+# them: those keep their exact series, so existing queries and dashboards are unchanged.
+PAIR = ("source_registry", "target_registry")
+REGISTRY_BYTES = Counter("migrator_registry_bytes_copied",
+                         "Bytes of blobs uploaded to targets, by source and target registry", PAIR)
+REGISTRY_IMAGES = Counter("migrator_registry_images",
+                          "Images handled, by source and target registry and outcome",
+                          [*PAIR, "outcome"])
+REGISTRY_FAILURES = Counter("migrator_registry_failures",
+                            "Tasks that failed for good, by task, source and target registry "
+                            "and reason class", ["task", *PAIR, "reason"])
+REGISTRY_RETRIES = Counter("migrator_registry_retries",
+                           "Task retries, by source and target registry and reason class",
+                           [*PAIR, "reason"])
+OTHER_REGISTRY = "other"  # a registry past the label limit
+UNKNOWN_REGISTRY = "unknown"  # task arguments that name no registry
+
+
+class LabelValues:
+    """The first `limit` distinct values one process gives a label; any later one is
+    `other`. The rules choose the registries, so this is what bounds the series."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER_REGISTRY
+
+
+registry_label = LabelValues(default("metrics_max_registries"))  # install() sets the limit
+
+
+def registry_of(reference: object) -> str:
+    """The registry host[:port] of a task argument (`host/repo:tag`, or a catalog rule's
+    `host/ns/*`); never its repository or tag, which would make a series per image."""
+    if not isinstance(reference, str):
+        return UNKNOWN_REGISTRY
+    try:
+        return parse(reference).registry
+    except ConfigError:
+        pass
+    try:  # a catalog source: `*` is no repository, but its first component is the host
+        return check_registry(reference.split("/", 1)[0])
+    except ConfigError:
+        return UNKNOWN_REGISTRY
+
+
+def task_registries(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+                    ) -> tuple[str, str] | None:
+    """(source, target) registry labels of a task, from its arguments as the callers send
+    them: `sync_image(run_id, source, target, ...)`, `expand_rule(run_id, {"source": ...,
+    "target": ...}, ...)`; None for a task that copies nothing."""
+    args, kwargs = list(args or ()), dict(kwargs or {})
+    rule = args[1] if len(args) > 1 else kwargs.get("rule")
+    if isinstance(rule, Mapping):
+        source, target = rule.get("source"), rule.get("target")
+    elif len(args) > 2:
+        source, target = args[1], args[2]
+    elif "source" in kwargs or "target" in kwargs:
+        source, target = kwargs.get("source"), kwargs.get("target")
+    else:
+        return None
+    return registry_label(registry_of(source)), registry_label(registry_of(target))
+
+
+def _open_pair(pair: tuple[str, str]) -> None:
+    """Create a pair's bytes and image series at 0 when its first task starts: rate() and
+    increase() count no increment of a series born at its first value."""
+    source, target = pair
+    REGISTRY_BYTES.labels(source_registry=source, target_registry=target)
+    for outcome in ("copied", "up-to-date", "skipped", "failed"):
+        REGISTRY_IMAGES.labels(source_registry=source, target_registry=target, outcome=outcome)
 
 
 def reason_class(error: BaseException) -> str:
@@ -129,6 +215,13 @@ def copied(result: Any) -> None:
     BLOBS.labels(result="mounted").inc(result.blobs_mounted)
     BLOBS.labels(result="skipped").inc(result.blobs_skipped)
     BYTES_COPIED.inc(result.bytes_copied)
+    source = registry_label(result.job.source.registry)
+    target = registry_label(result.job.target.registry)
+    REGISTRY_IMAGES.labels(source_registry=source, target_registry=target,
+                           outcome=result.outcome).inc()
+    # inc(0) too: an up-to-date pair has its bytes series, at 0, from its first image on
+    REGISTRY_BYTES.labels(source_registry=source, target_registry=target).inc(
+        result.bytes_copied)
 
 
 def metrics_registry() -> CollectorRegistry:
@@ -263,7 +356,8 @@ class LivenessBeat(bootsteps.StartStopStep):
 
 
 class MetricsServer(bootsteps.StartStopStep):
-    """Worker step: serve `/metrics` on `MIGRATOR_METRICS_PORT` for as long as the worker runs."""
+    """Worker step: serve `/metrics` on `MIGRATOR_METRICS_ADDRESS`:`MIGRATOR_METRICS_PORT` for
+    as long as the worker runs."""
 
     label = "Prometheus metrics"
 
@@ -299,6 +393,7 @@ def install(app: Celery, settings: Settings) -> None:
     """Give the worker app its heartbeat and metrics steps; the signal handlers below are
     connected when this module is imported."""
     _state.settings = settings
+    registry_label.limit = settings.metrics_max_registries
     app.steps["consumer"].add(LivenessBeat)
     app.steps["worker"].add(MetricsServer)
 
@@ -315,7 +410,11 @@ def _prepare_dir(**_: Any) -> None:
 
 
 @signals.task_prerun.connect
-def _task_started(task_id: str, task: Any, **_: Any) -> None:
+def _task_started(task_id: str, task: Any, args: Sequence[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, **_: Any) -> None:
+    pair = task_registries(args, kwargs)
+    if pair is not None:
+        _open_pair(pair)
     directory = _state.dir
     path = directory / f"task-{os.getpid()}-{task_id}" if directory is not None else None
     try:
@@ -339,16 +438,33 @@ def _task_ended(task_id: str, task: Any, **_: Any) -> None:
 
 
 @signals.task_failure.connect
-def _task_failed(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+def _task_failed(sender: Any = None, exception: BaseException | None = None,
+                 args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+                 **_: Any) -> None:
     name = _short(getattr(sender, "name", "") or "")
-    FAILURES.labels(task=name, reason=reason_class(exception or Exception())).inc()
+    reason = reason_class(exception or Exception())
+    FAILURES.labels(task=name, reason=reason).inc()
     if name == "sync_image":
         IMAGES.labels(outcome="failed").inc()
+    pair = task_registries(args, kwargs)
+    if pair is not None:
+        source, target = pair
+        REGISTRY_FAILURES.labels(task=name, source_registry=source, target_registry=target,
+                                 reason=reason).inc()
+        if name == "sync_image":
+            REGISTRY_IMAGES.labels(source_registry=source, target_registry=target,
+                                   outcome="failed").inc()
 
 
 @signals.task_retry.connect
-def _task_retried(reason: BaseException | None = None, **_: Any) -> None:
-    RETRIES.labels(reason=reason_class(reason or Exception())).inc()
+def _task_retried(request: Any = None, reason: BaseException | None = None,
+                  **_: Any) -> None:
+    why = reason_class(reason or Exception())
+    RETRIES.labels(reason=why).inc()
+    pair = task_registries(getattr(request, "args", None), getattr(request, "kwargs", None))
+    if pair is not None:
+        REGISTRY_RETRIES.labels(source_registry=pair[0], target_registry=pair[1],
+                                reason=why).inc()
 
 
 @signals.worker_process_shutdown.connect

@@ -30,7 +30,7 @@ from migrator.copy import (
     synced_immutable,
     unchanged_on_record,
 )
-from migrator.errors import MigratorError, RetryableError
+from migrator.errors import ConfigError, MigratorError, RetryableError
 from migrator.expand import expand
 from migrator.fleet import (
     EXPAND_TASK,
@@ -146,6 +146,9 @@ def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str =
     `CopyOptions` as task kwargs (platforms, referrers, immutable_tags, force)."""
     with self.retried(retries):
         ctx = context()
+        if ctx.runs.cancelled(run_id):  # `migrator cancel`: its queued tasks are dropped
+            log.info("run %s cancelled: %s -> %s not copied", run_id, source, target)
+            return
         job = job_from_args(source, target, rule)
         result = copy_image(job, clients=ctx.clients(run_id), ledger=ctx.ledger,
                             settings=ctx.settings, options=CopyOptions.from_task_kwargs(options),
@@ -169,6 +172,9 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
     are the run's `CopyOptions` as task kwargs, sent on with every `sync_image`."""
     with self.retried(retries):
         ctx = context()
+        if ctx.runs.cancelled(run_id):
+            log.info("run %s cancelled: rule %s not expanded", run_id, rule.get("rule"))
+            return
         parsed = rule_from_args(rule)
         run_options = CopyOptions.from_task_kwargs(options)
         jobs, retry_later = _expand(ctx, run_id, parsed)
@@ -271,12 +277,22 @@ def start_scheduled_run(schedule: dict) -> str | None:
             log.warning("schedule %s: run %s still in flight; this firing is skipped",
                         entry.name, state.run_id)
             return None
-        auth = load_auth(entry.auth, environ=os.environ, required=True) if entry.auth else (
-            AuthFile(""))
-        registry, namespace = resolve_defaults(entry.registry, entry.namespace, os.environ)
-        rules = load_rules(entry.images, default_registry=registry, default_namespace=namespace)
-        started = start_run(rules, auth, ctx.settings, store=ctx.runs, send=send,
-                            name=f"schedule {entry.name}", retries=entry.retries)
+        try:
+            auth = load_auth(entry.auth, environ=os.environ, required=True) if entry.auth else (
+                AuthFile(""))
+            registry, namespace = resolve_defaults(entry.registry, entry.namespace, os.environ)
+            rules = load_rules(entry.images, default_registry=registry,
+                               default_namespace=namespace)
+            started = start_run(rules, auth, ctx.settings, store=ctx.runs, send=send,
+                                name=f"schedule {entry.name}", retries=entry.retries)
+        except ConfigError as exc:
+            # Bad rules, a missing variable...: a failed run that `migrator status` lists with
+            # its reason, not only a traceback in a worker's log.
+            run_id = failed_firing(ctx.runs, entry.name, exc.problems)
+            ctx.redis.set(last_key, run_id, ex=ctx.settings.run_ttl)
+            log.error("schedule %s: run %s failed to start: %s", entry.name, run_id,
+                      "; ".join(exc.problems))
+            return run_id
         ctx.redis.set(last_key, started.run_id, ex=ctx.settings.run_ttl)
         log.info("schedule %s: started run %s with %d tasks", entry.name, started.run_id,
                  started.tasks)
@@ -287,3 +303,11 @@ def start_scheduled_run(schedule: dict) -> str | None:
         except redis.exceptions.LockError:
             log.warning("schedule %s: the firing lock expired before this firing ended; "
                         "left to its new holder", entry.name)
+
+
+def failed_firing(runs: RunStore, schedule: str, problems: list[str]) -> str:
+    """Record a firing whose input could not be read as a run that failed to generate."""
+    rule = f"schedule {schedule}"
+    run_id = runs.create(name=rule, retries=0, jobs=[], expands=[rule])
+    runs.expanded(run_id, rule, "; ".join(problems))
+    return run_id

@@ -1,13 +1,14 @@
-"""`enqueue` and `status`: the commands that hand work to the fleet and follow it."""
+"""`enqueue`, `status` and `cancel`: the commands that hand work to the fleet and follow it."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from migrator.commands.common import EXIT_FAILED, EXIT_OK, settings_from
+from migrator.commands.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, settings_from
 from migrator.commands.inputs import add_input_flags, load_inputs
 from migrator.commands.reports import add_report_flags, write_report, write_success_images
 from migrator.errors import ConfigError, RunVanished
@@ -34,8 +35,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--wait", action="store_true", help="follow the run until it ends")
     status.add_argument("--json", action="store_true", help="print the run as JSON")
     add_watch_flags(status)
+
+    cancel = commands.add_parser(
+        "cancel", help="stop a fleet run: its queued tasks are dropped",
+        description="Cancel a fleet run: workers drop its tasks still queued as they take "
+                    "them, copies already running finish, and the run ends as cancelled.")
+    cancel.add_argument("run_id", metavar="RUN_ID")
     enqueue.set_defaults(handler=run_enqueue)
     status.set_defaults(handler=run_status)
+    cancel.set_defaults(handler=run_cancel)
 
 
 def add_watch_flags(parser: argparse.ArgumentParser) -> None:
@@ -86,15 +94,21 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = settings_from(environ)
     store = fleet_store(settings)
     if args.run_id is None:
-        for run in store.recent():
+        runs = store.recent()
+        if not runs:
+            print(f"no runs in {redis_place(settings)}: the fleet's runs are in the Redis "
+                  "that MIGRATOR_REDIS_URL (and MIGRATOR_REDIS_PREFIX) name", file=sys.stderr)
+        for run in runs:
+            state_word = ("cancelled" if run.cancelled else "" if run.finished
+                          else "running")
             print(f"{run.run_id}  {run.name}  {run.done}/{run.total} images, "
                   f"{len(run.failed)} failed, {len(run.generate_failed)} generate failed"
-                  f"{'' if run.finished else '  (running)'}")
+                  f"{f'  ({state_word})' if state_word else ''}")
         return EXIT_OK
     # One read: a second one could find the record gone (expired, flushed) after this check.
     state = store.state(args.run_id)
     if state is None:
-        raise ConfigError(f"run {args.run_id!r} not found in {settings.redis_prefix}runs")
+        raise RunNotFound(args.run_id, settings)
     if args.wait:
         return watch_run(store, args.run_id, args, settings)
     if args.json:
@@ -108,6 +122,38 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK if state.ok else EXIT_FAILED
 
 
+def redis_place(settings: Settings) -> str:
+    """Which Redis a command read, for a person: host, port, database and prefix, never the
+    URL's password."""
+    from urllib.parse import urlsplit
+
+    where = urlsplit(settings.redis_url)
+    database = where.path.strip("/") or "0"
+    return (f"Redis {where.hostname}:{where.port or 6379}/{database} "
+            f"(prefix {settings.redis_prefix})")
+
+
+class RunNotFound(ConfigError):
+    def __init__(self, run_id: str, settings: Settings) -> None:
+        super().__init__(f"no run {run_id!r} in {redis_place(settings)}: `migrator status` "
+                         "lists the runs it holds")
+
+
+def run_cancel(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings = settings_from(environ)
+    store = fleet_store(settings)
+    if not store.cancel(args.run_id):
+        raise RunNotFound(args.run_id, settings)
+    state = store.state(args.run_id)
+    done = f"{state.done}/{state.total} images done" if state else "its images done so far"
+    print(f"run {args.run_id} cancelled ({done}): workers drop its queued tasks as they take "
+          "them; copies already running finish", flush=True)
+    return EXIT_OK
+
+
+NOBODY_AFTER = 10.0  # seconds without a task taken before the watcher says so
+
+
 def watch_run(store: RunStore, run_id: str, args: argparse.Namespace,
               settings: Settings) -> int:
     from migrator.fleet import watch
@@ -119,10 +165,22 @@ def watch_run(store: RunStore, run_id: str, args: argparse.Namespace,
 
     throttle = RedisThrottle(store.redis, prefix=store.prefix)
     announced: dict[str, float] = {}
+    started, first = time.monotonic(), None
+    asked = False
 
     def show(state: RunState) -> None:
+        nonlocal first, asked
         reporter.set_counts(total=state.total, done=state.done, failed=len(state.failed),
                             copied_bytes=state.bytes, skipped=state.skipped)
+        first = first or (state.done, state.expands_pending)
+        if (not asked and (state.done, state.expands_pending) == first
+                and time.monotonic() - started > NOBODY_AFTER):
+            asked = True  # one ping, once: it blocks for a second
+            if not app.control.ping(timeout=1.0):
+                reporter.phase(
+                    f"no worker has taken a task for {NOBODY_AFTER:g} s and none answers on "
+                    f"{redis_place(settings)} (queue {settings.queue!r}): start one with "
+                    "`celery -A workers worker`, with the same MIGRATOR_REDIS_URL")
         for registry, pause in sorted(throttle.pauses().items()):
             if announced.get(registry) != pause.until:  # each pause said once
                 announced[registry] = pause.until
@@ -145,6 +203,12 @@ def watch_run(store: RunStore, run_id: str, args: argparse.Namespace,
     try:
         state = watch(store, run_id, on_state=show, timeout=args.timeout, resend=resend,
                       stalled_after=stalled_after, on_resend=resent)
+    except KeyboardInterrupt:
+        reporter.close()
+        print(f"stopped watching; run {run_id} goes on in the fleet: follow it with "
+              f"`migrator status {run_id} --wait`, stop it with `migrator cancel {run_id}`",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     except RunVanished:
         print(f"run {run_id} is no longer in Redis (flushed, or expired after "
               "MIGRATOR_RUN_TTL): its outcome is unknown; enqueue the rules again",
@@ -165,6 +229,9 @@ def print_run(state: RunState) -> None:
         print(f"failed: {job}: {reason}", file=sys.stderr)
     for rule, reason in sorted(state.generate_failed.items()):
         print(f"generate failed: {rule}: {reason}", file=sys.stderr)
+    if state.cancelled:
+        print(f"run {state.run_id} was cancelled: {state.done} of {state.total} images done, "
+              "the others not copied (copies running then may still end)", file=sys.stderr)
     if state.finished:
         print(state.line(), flush=True)
     else:

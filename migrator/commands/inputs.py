@@ -42,7 +42,8 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
     compares them."""
     add_file_flags(parser)
     parser.add_argument("-r", "--retries", type=non_negative_int, default=3, metavar="N",
-                        help="times a failed task is retried after the pass (default 3)")
+                        help="retries of a task that failed for a reason that can pass (reset, "
+                             "timeout, 408, 429, 5xx); others fail at once (default 3)")
     parser.add_argument("--platform", type=platform_list, default=frozenset(),
                         metavar="OS/ARCH,...",
                         help="copy only these platforms of multi-platform images (the index "

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"error: {problem}", file=sys.stderr)
         if args.command == "check":
             print(f"check failed: {len(exc.problems)} problems", file=sys.stderr)
-        else:
+        elif args.command in ("sync", "plan", "verify", "enqueue"):
             print("nothing was copied: fix the input above and run again", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -84,6 +84,7 @@ def copy_image(
     options: CopyOptions = CopyOptions(),  # noqa: B008 - frozen, shared safely
     blob_pool: Executor | None = None,
     on_bytes: ByteCounter | None = None,
+    notes_shown: bool = False,
 ) -> CopyResult:
     """Copy one image (a tag or a digest, single- or multi-platform) from source to target.
 
@@ -97,6 +98,11 @@ def copy_image(
     date without a request. `force` PUTs every manifest of the image (the index, each child)
     even when the target, the ledger or the tag list says it is there; blobs the target holds
     are still not uploaded again.
+
+    A `note` is logged as it happens (INFO, WARNING for a changed digest), the one place a
+    fleet worker's operator reads it. `notes_shown`: the caller shows every result's note to
+    people itself (`migrator sync` prints them after the run), so the log keeps them at DEBUG
+    and the terminal says each once.
     """
     options = options.for_job(job)
     if options.dry_run:
@@ -108,7 +114,7 @@ def copy_image(
         return CopyResult(job, outcome="up-to-date", target_digest=known.target_digest,
                           source_digest=known.source_digest)
     return _ImageCopy(job, clients=clients, ledger=ledger, settings=settings, options=options,
-                      blob_pool=blob_pool, on_bytes=on_bytes).run()
+                      blob_pool=blob_pool, on_bytes=on_bytes, notes_shown=notes_shown).run()
 
 
 def is_immutable(job: Job, immutable_tags: str | None) -> bool:
@@ -170,8 +176,10 @@ class _ImageCopy:
         options: CopyOptions,
         blob_pool: Executor | None = None,
         on_bytes: ByteCounter | None = None,
+        notes_shown: bool = False,
     ) -> None:
         self.job = job
+        self.notes_shown = notes_shown
         self.options = options
         self.platforms = options.platforms
         self.clients = clients
@@ -246,10 +254,8 @@ class _ImageCopy:
             raise DigestMismatch(f"target manifest {job.target}", expected=manifest.digest,
                                  got=target_digest)
         if target_digest != source_digest:
-            self.result.note = (f"index filtered to {', '.join(sorted(self.platforms))}: its "
-                                f"digest {target_digest} differs from the source's "
-                                f"{source_digest}")
-            log.warning("%s: %s", job, self.result.note)
+            self._note(logging.WARNING, f"index filtered to {', '.join(sorted(self.platforms))}"
+                       f": its digest {target_digest} differs from the source's {source_digest}")
         self.ledger.record_manifest(key, ManifestRecord(source_digest, target_digest))
         self.result.target_digest = target_digest
         if self.options.referrers:
@@ -286,12 +292,16 @@ class _ImageCopy:
     def _copy_referrer(self, job: Job) -> CopyResult:
         return _ImageCopy(job, clients=self.clients, ledger=self.ledger, settings=self.settings,
                           options=REFERRER_OPTIONS, blob_pool=self.blob_pool,
-                          on_bytes=self.on_bytes).run()
+                          on_bytes=self.on_bytes, notes_shown=self.notes_shown).run()
 
     def _referrers_unknown(self, error: Exception) -> None:
-        note = f"its referrers (signatures, SBOMs) could not be looked up: {error}"
-        log.warning("%s: %s", self.job, note)
+        self._note(logging.WARNING,
+                   f"its referrers (signatures, SBOMs) could not be looked up: {error}")
+
+    def _note(self, level: int, note: str) -> None:
+        """Add `note` to the result's, and log it (see `copy_image` on `notes_shown`)."""
         self.result.note = f"{self.result.note}; {note}" if self.result.note else note
+        log.log(logging.DEBUG if self.notes_shown else level, "%s: %s", self.job, note)
 
     def _other_platform(self, manifest: Manifest) -> str:
         """The platform a single-platform image's config names when the filter does not
@@ -313,9 +323,8 @@ class _ImageCopy:
 
     def _skipped(self, platform: str) -> CopyResult:
         self.result.outcome = "skipped"
-        self.result.note = (f"skipped: platform {platform} is not among "
-                            f"{', '.join(sorted(self.platforms))}")
-        log.info("%s: %s", self.job, self.result.note)
+        self._note(logging.INFO, f"skipped: platform {platform} is not among "
+                                 f"{', '.join(sorted(self.platforms))}")
         return self.result
 
     def _up_to_date(self, target_digest: str) -> CopyResult:

@@ -29,6 +29,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 
 from migrator.errors import AuthError, RegistryError, TransportError
+from migrator.registry.connection import cause_of
 from migrator.registry.credentials import RegistryAuth
 from migrator.registry.stream import read_capped
 
@@ -227,7 +228,7 @@ class Authenticator:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransportError(
                 f"{self.registry}: token service {realm_shown} unreachable: "
-                f"{type(exc).__name__}") from None
+                f"{type(exc).__name__}: {cause_of(exc).text}") from None
         except requests.RequestException as exc:
             raise AuthError(f"{self.registry}: token service {realm_shown} could not be "
                             f"asked: {type(exc).__name__}") from None

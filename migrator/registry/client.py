@@ -39,12 +39,19 @@ from migrator.errors import (
     ErrorContext,
     MigratorError,
     RegistryError,
+    RegistryUnreachable,
     RetryableError,
     RetryableStatus,
     TransportError,
     UploadSessionLost,
 )
-from migrator.registry.auth import Authenticator, GuardedSession, repository_scope
+from migrator.registry.auth import (
+    Authenticator,
+    GuardedSession,
+    parse_challenge,
+    repository_scope,
+)
+from migrator.registry.connection import Cause, cause_of, plain_http
 from migrator.registry.credentials import RegistryAuth
 from migrator.registry.manifest import (
     ACCEPT,
@@ -72,6 +79,9 @@ REDIRECTS = (301, 302, 303, 307, 308)
 # Docker Hub's references say docker.io; its API lives elsewhere.
 API_HOSTS = {"docker.io": "registry-1.docker.io"}
 USER_AGENT = f"migrator/{__version__}"
+# How long a registry whose ping could not connect fails its work without a request. Short:
+# a registry back from a restart is used again soon, and a failed ping costs milliseconds.
+UNREACHABLE_FOR = 10.0
 
 
 class BodyReader(Protocol):
@@ -208,6 +218,11 @@ class RegistryClient:
                                   timeout=self.timeout)
         self.base_url: str | None = None
         self._ping_lock = threading.Lock()
+        # (until when, the message): a ping that could not connect, failing work at once
+        self._unreachable: tuple[float, str] | None = None
+        # Set by the first answer that was not a 401 to a request with credentials: a later
+        # 401 then says "not allowed", not "wrong password".
+        self._credentials_accepted = False
         self._tags: dict[str, tuple[float, list[str]]] = {}
         self.referrers_api: bool | None = None  # learnt on the first referrers request
         self._tags_lock = threading.Lock()
@@ -217,32 +232,56 @@ class RegistryClient:
     # -- plumbing -------------------------------------------------------------------------
 
     def ping(self) -> None:
-        """Find the scheme and the auth method once; every later call reuses them."""
+        """Find the scheme and the auth method once; every later call reuses them.
+
+        A ping that could not connect for a reason another try would meet again (refused, no
+        such host, TLS handshake) is not retried, and for UNREACHABLE_FOR seconds every call
+        fails at once with its one line: an image per request to a mistyped port used to cost
+        seconds of backoff each. A timeout or a 5xx is retried as before: those can pass."""
         if self.base_url:
             return
         with self._ping_lock:
             if self.base_url:
                 return
-            # Like the peers, an `insecure` registry is tried over TLS first, then plain HTTP.
-            schemes = ["https", "http"] if self.credentials.allow_plain_http else ["https"]
-            for scheme in schemes:
-                url = f"{scheme}://{self.api_host}/v2/"
-                try:
-                    for attempt in retrying(self.settings, self._ping_attempts(scheme, schemes)):
-                        with attempt:
+            if self._unreachable is not None:
+                until, message = self._unreachable
+                if time.monotonic() < until:
+                    raise RegistryUnreachable(message)  # a new one: each thread its traceback
+            try:
+                self._ping()
+            except RegistryUnreachable as exc:
+                self._unreachable = (time.monotonic() + UNREACHABLE_FOR, str(exc))
+                raise
+            self._unreachable = None
+
+    def _ping(self) -> None:
+        # Like the peers, an `insecure` registry is tried over TLS first, then plain HTTP.
+        schemes = ["https", "http"] if self.credentials.allow_plain_http else ["https"]
+        for scheme in schemes:
+            url = f"{scheme}://{self.api_host}/v2/"
+            try:
+                for attempt in retrying(self.settings, self._ping_attempts(scheme, schemes)):
+                    with attempt:
+                        try:
                             response = self._send("GET", url, scopes=(), expect=(200, 401),
                                                   learn_on_401=False)
-                except (TransportError, RegistryError) as exc:
-                    if scheme != schemes[-1]:
-                        log.debug("%s: %s failed (%s), trying %s", self.registry, scheme, exc,
-                                  schemes[-1])
-                        continue
-                    raise
-                if response.status_code == 401:
-                    self.auth.learn(response, ())
-                response.close()
-                self.base_url = f"{scheme}://{self.api_host}"
-                return
+                        except TransportError as exc:
+                            if exc.unreachable:  # not retried: the answer would be the same
+                                raise RegistryUnreachable(
+                                    f"cannot connect to {self.api_host}: {exc.unreachable}"
+                                ) from None
+                            raise
+            except (TransportError, RegistryError) as exc:
+                if scheme != schemes[-1]:
+                    log.debug("%s: %s failed (%s), trying %s", self.registry, scheme, exc,
+                              schemes[-1])
+                    continue
+                raise
+            if response.status_code == 401:
+                self.auth.learn(response, ())
+            response.close()
+            self.base_url = f"{scheme}://{self.api_host}"
+            return
 
     def _ping_attempts(self, scheme: str, schemes: list[str]) -> int:
         # An https probe that plain HTTP may replace gets one try: a refusal there is normal.
@@ -284,17 +323,14 @@ class RegistryClient:
                         timeout=self.timeout, verify=self.verify,
                         allow_redirects=allow_redirects,
                     )
-            except requests.exceptions.SSLError as exc:
-                raise RegistryError(
-                    f"{self.registry}: TLS failed ({_short(exc)}); give the registry's CA in "
-                    "the auth file (ca_file) or, if you accept the risk, set insecure: true",
-                    method=method, url=redact(url),
-                ) from None
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
-                raise TransportError(
-                    f"{method} {redact(url)}: {type(exc).__name__}: {_short(exc)}"
-                ) from None
+                cause = cause_of(exc)
+                if cause.tls:  # a certificate, or TLS spoken to a plain port: every try alike
+                    raise RegistryUnreachable(self._tls_failed(url, cause)) from None
+                text = f"through its proxy: {cause.text}" if cause.proxy else cause.text
+                raise TransportError(f"{method} {redact(url)}: {type(exc).__name__}: {text}",
+                                     unreachable=text if cause.unreachable else "") from None
             except requests.RequestException as exc:
                 # Too many redirects, a URL requests cannot use: permanent, and the text of
                 # such errors may carry a signed URL, so only its type is shown.
@@ -308,6 +344,8 @@ class RegistryClient:
                         truncate=True)  # read (capped) so that the connection is reused
                 response.close()
                 continue
+            if authorization and response.status_code != 401:
+                self._credentials_accepted = True
             if response.status_code in expect:
                 if not stream:
                     preload(response, self.settings.max_manifest_bytes, self.timeout[1],
@@ -316,6 +354,21 @@ class RegistryClient:
             preload(response, 64 << 10, self.timeout[1], f"{self.registry}: error answer",
                     truncate=True)
             raise self._error(method, url, response, scopes)
+
+    def _tls_failed(self, url: str, cause: Cause) -> str:
+        """`cannot connect to host: TLS handshake failed: <reason>; <the fix>`."""
+        parts = urlsplit(url)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
+        if plain_http(cause):
+            fix = ("the port does not speak TLS (plain HTTP?): set insecure: true on its entry "
+                   "in the auth file")
+        elif "certificate" in cause.text:
+            fix = ("give the registry's CA in the auth file (ca_file) or, if you accept the "
+                   "risk, set insecure: true")
+        else:
+            fix = "check the registry's TLS setup (and the proxy's, if there is one)"
+        proxy = " through its proxy" if cause.proxy else ""
+        return f"cannot connect to {host}{proxy}: {cause.text}; {fix}"
 
     def _observe(self, response: requests.Response) -> None:
         """What an answer says about the registry's patience, acted on for the whole fleet:
@@ -379,23 +432,48 @@ class RegistryClient:
                 # After a 429 the throttle's pause is the wait: the next try blocks there.
                 retry_after=0.0 if status == 429 else
                 parse_retry_after(response.headers.get("Retry-After")), **where)
-        if status == 401:
-            who = (f"user {self.credentials.username!r}" if self.credentials.username
-                   else "anonymous access")
+        who = (f"user {self.credentials.username!r}" if self.credentials.username
+               else "anonymous access")
+        namespace = repository.rsplit("/", 1)[0] if "/" in repository else repository
+        ask = f"does the namespace {namespace!r} exist, and may this account push to it?"
+        if status in (401, 403) or code == "DENIED":
+            challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
+            scope_error = challenge.params.get("error", "") if challenge else ""
+            scope_note = f" (the token grants no {'push' if pushing else 'pull'}: " \
+                         "insufficient_scope)" if scope_error == "insufficient_scope" else ""
+            # A 401 means "wrong credentials" unless they were accepted already: a token was
+            # issued for them (the token service refuses wrong ones itself), or an earlier
+            # request with them was answered; or the answer names a missing scope or a denial.
+            # (A token the registry calls invalid, expired say, is no answer about rights.)
+            tokens = (self.auth.challenge is not None and self.auth.challenge.scheme == "bearer"
+                      and scope_error != "invalid_token")
+            refused = (status != 401 or bool(scope_note) or code == "DENIED"
+                       or self._credentials_accepted or tokens)
+            if refused and pushing and self.credentials.anonymous:
+                return RegistryError(
+                    f"{self.registry}: anonymous access may not push to {repository!r}"
+                    f"{scope_note}: give this registry's credentials in the auth file", **where)
+            if refused and pushing:
+                return RegistryError(
+                    f"{self.registry}: {who} may not push to {repository!r}{scope_note}: {ask}",
+                    **where)
+            if refused:
+                return RegistryError(
+                    f"{self.registry}: {who} may not pull {repository!r}{scope_note}: does it "
+                    "exist, and may this account pull it?", **where)
             return AuthError(
                 f"{self.registry}: authentication failed for {who} on {repository!r} "
                 f"({method} {redact(url)}, HTTP 401 {code}); check the auth file")
-        if status == 403 or code == "DENIED":
-            if pushing:
-                namespace = repository.rsplit("/", 1)[0] if "/" in repository else repository
-                message = (f"denied on target namespace {namespace!r} of {self.registry}: does "
-                           "it exist and may this account push to it?")
-            else:
-                message = f"{self.registry}: access to {repository!r} denied"
-            return RegistryError(message, **where)
         if code in ("BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN") and "/manifests/" in path:
             return BlobUnknownOnPush(
                 f"{self.registry}: manifest refused because the target lacks a blob", **where)
+        if pushing and (code == "NAME_UNKNOWN" or (
+                status == 404 and method == "POST" and path.endswith("/blobs/uploads/"))):
+            # Distribution, ECR: a repository the account may not create, or whose namespace
+            # does not exist, is unknown to the upload.
+            return RegistryError(
+                f"{self.registry} knows no repository {repository!r} and will not create it "
+                f"on push: {ask}", **where)
         if code == "NAME_UNKNOWN":
             return RegistryError(f"repository {repository!r} not found on {self.registry}",
                                  **where)
@@ -440,7 +518,7 @@ class RegistryClient:
             try:
                 return frozenset(self.list_tags(repository, max_age=max_age))
             except (RegistryError, AuthError) as exc:
-                if isinstance(exc, RetryableError):
+                if isinstance(exc, RetryableError | RegistryUnreachable):
                     raise
                 if getattr(exc, "status", None) != 404:
                     return None  # not allowed to list, say: a HEAD per tag it is
@@ -711,11 +789,6 @@ def _range_end(value: str | None) -> int | None:
         return None
     end_value = int(end)
     return 0 if end_value == 0 else end_value + 1
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "…"
 
 
 def _repository_of(path: str) -> str:

@@ -64,9 +64,11 @@ ENVIRON = {
 }
 
 # What a failure's reason must say for each kind of fault.
-# (HTTP 502 is the proxy's answer while its upstream is dead.)
+# (HTTP 502 is the proxy's answer while its upstream is dead; "cannot connect" a registry's
+# first contact refused while it was down, which fails its work at once.)
 TRANSPORT = (r"ConnectionError|ReadTimeout|ConnectTimeout|ChunkedEncodingError|ProtocolError|"
-             r"broke after|ended after|timed out|HTTP 502")
+             r"broke after|ended after|timed out|HTTP 502|cannot connect to \S+: connection "
+             r"refused")
 # A timeout is a true reason under any fault: on a loaded machine a registry may be slower
 # than the matrix's short read timeout without any fault at all.
 SLOW = r"ReadTimeout|ConnectTimeout|timed out"

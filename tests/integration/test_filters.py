@@ -166,7 +166,8 @@ def test_a_registry_without_a_catalog_says_so(run, source_registry, target_regis
     assert out.splitlines()[-1] == (
         "Images(1) migration finished, 0 images tasks failed, 1 tasks generate failed")
     assert (f"generate failed: {run.dir}/images.json: '{locked.host}/team/*' "
-            f"({locked.host}/team/locked): {locked.host}: access to 'team/locked' denied") in err
+            f"({locked.host}/team/locked): {locked.host}: anonymous access may not pull "
+            "'team/locked': does it exist, and may this account pull it?") in err
     assert list_tags(target_registry, "mirror/api") == ["v1"]
 
     # A token registry whose token service refuses `registry:catalog:*` to this account.
@@ -208,7 +209,8 @@ def test_filters_and_catalogs_through_the_fleet(fleet, source_registry, target_r
     assert out.splitlines()[-1] == (
         "Images(5) migration finished, 0 images tasks failed, 1 tasks generate failed")
     assert (f"generate failed: {fleet.dir}/images.json: '{src}/team/*' -> {dst}/mirror "
-            f"({src}/team/locked): {src}: access to 'team/locked' denied") in err
+            f"({src}/team/locked): {src}: anonymous access may not pull 'team/locked': does "
+            "it exist, and may this account pull it?") in err
     assert sorted(list_tags(target_registry, "f/app")) == ["1.10.0", "1.9.0"]
     assert sorted(list_tags(target_registry, "mirror/api")) == ["v1", "v2"]
     assert list_tags(target_registry, "mirror/tools/cli") == ["1.0"]

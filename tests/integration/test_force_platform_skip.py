@@ -243,6 +243,9 @@ def test_force_in_the_fleet_reaches_the_worker_and_skips_count_apart(
     assert store.skipped_jobs(state.run_id) == {
         f"{src}/ns/arm:1 -> {dst}/t/arm:1": "skipped: platform linux/arm64 is not among */amd64"}
     assert list_tags(target_registry, "t/arm") == []
+    # A worker has no printed line: its log is where an operator reads a copy's note.
+    assert "t/arm:1: skipped: platform linux/arm64 is not among */amd64" in (
+        fleet.dir / "w1.log").read_text()
     assert main(["status", state.run_id, "--json"], fleet.env) == 0
     shown = json.loads(fleet.capsys.readouterr().out)
     assert (shown["skipped"], shown["done"], shown["failed"]) == (1, 3, {})

@@ -19,7 +19,7 @@ from tests.unit.test_ledger import (  # noqa: F401  (the shared contract, run he
     DIGEST,
     test_blob_lock_is_single_flight_per_digest,
     test_blobs_are_recorded_per_repository_and_forgotten,
-    test_manifest_records_replace_and_forget,
+    test_manifest_records_replace,
 )
 
 REDIS_URL = os.environ.get("MIGRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

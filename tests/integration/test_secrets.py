@@ -266,7 +266,8 @@ def test_tls_is_verified_by_default_and_insecure_concerns_its_own_entry(
     out, err = capsys.readouterr()
     assert code == EXIT_FAILED
     assert "1 images tasks failed" in out
-    assert f"{strict.host}: TLS failed" in err and "ca_file" in err
+    assert f"cannot connect to {strict.host}: TLS handshake failed: certificate verify " \
+        "failed" in err and "ca_file" in err
     assert get_manifest(lax, "copy/app", "1", auth=lax.auth)  # accepted unverified
     assert strict.count("PUT") == 0 and strict.count("POST") == 0
 

@@ -25,7 +25,7 @@ from migrator import progress, runner
 from migrator.cli import EXIT_FAILED, main
 from migrator.commands.common import setup_logging
 from migrator.copy import CopyResult
-from migrator.errors import MigratorError
+from migrator.errors import TransportError
 from migrator.progress import ConsoleReporter
 from migrator.rules import Job
 
@@ -50,9 +50,10 @@ def root_logger() -> Iterator[None]:
 
 
 def fake_copy(job: Job, **kwargs: object) -> CopyResult:
-    """A copy of 1 MiB that logs as the real one does; `ns/missing` is not at the source."""
+    """A copy of 1 MiB that logs as the real one does; `ns/missing`'s source resets every
+    connection (retryable: the retry pass tries it again, and it fails again)."""
     if "ns/missing" in str(job):
-        raise MigratorError(f"{job.source} not found")
+        raise TransportError(f"{job.source}: connection reset")
     kwargs["on_bytes"](1024 * 1024)
     logging.getLogger("migrator.copy.image").info("copied %s", job)
     return CopyResult(job, bytes_copied=1024 * 1024)
@@ -90,7 +91,7 @@ def test_plain_mode_writes_plain_lines_and_each_failure_once(tmp_path, monkeypat
     assert any("INFO retry pass 1 of 1 " in line for line in records)
     missing = [line for line in err.splitlines() if "ns/missing" in line]
     assert missing == [f"failed: {SRC}/ns/missing:1 -> {DST}/t/missing:1: "
-                       f"{SRC}/ns/missing:1 not found"]
+                       f"{SRC}/ns/missing:1: connection reset"]
     assert SUMMARY not in err  # said once, on stdout
 
 

@@ -28,13 +28,11 @@ def test_blobs_are_recorded_per_repository_and_forgotten(ledger):
     assert ledger.blob_repositories("other", DIGEST) == {"ns/c"}
 
 
-def test_manifest_records_replace_and_forget(ledger):
+def test_manifest_records_replace(ledger):
     assert ledger.manifest("reg/ns/a:1") is None
     ledger.record_manifest("reg/ns/a:1", ManifestRecord("sha256:1", "sha256:1"))
     ledger.record_manifest("reg/ns/a:1", ManifestRecord("sha256:2", "sha256:2"))
     assert ledger.manifest("reg/ns/a:1") == ManifestRecord("sha256:2", "sha256:2")
-    ledger.forget_manifest("reg/ns/a:1")
-    assert ledger.manifest("reg/ns/a:1") is None
 
 
 def test_sqlite_ledger_survives_reopening(tmp_path):

@@ -27,7 +27,6 @@ def test_reads_pass_through_and_writes_are_dropped():
     read_only.add_blob("r.io", "sha256:a", "ns/two")
     read_only.forget_blobs("r.io", "ns/one", ["sha256:a"])
     read_only.record_manifest("r.io/ns/one:2", ManifestRecord("sha256:s", "sha256:t"))
-    read_only.forget_manifest("r.io/ns/one:1")
     read_only.close()  # the wrapped ledger is the caller's: still open
     assert ledger.blob_repositories("r.io", "sha256:a") == {"ns/one"}
     assert ledger.manifest("r.io/ns/one:1") is not None
