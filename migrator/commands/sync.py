@@ -49,7 +49,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "verify", help="compare source and target; list tags missing or different",
         description="Compare every image the rules name at the source and at the target. "
                     "Exit code 0 only when all agree.")
-    add_input_flags(verify)
+    add_file_flags(verify)  # it compares digests: copy options mean nothing to it
     verify.add_argument("-w", "--workers", "-p", "--proc", type=positive_int, default=7,
                         metavar="N", help="images compared at once (default 7)")
 

@@ -238,3 +238,11 @@ def test_success_images_as_image_syncer_writes_them(tmp_path):
     assert yaml.safe_load((tmp_path / "ok.yaml").read_text()) == expected
     write_success_images(str(tmp_path / "ok.json"), "json", jobs)
     assert json.loads((tmp_path / "ok.json").read_text()) == expected
+
+
+@pytest.mark.parametrize("flag", ["--force", "--retries=2", "--no-referrers", "--arch=amd64"])
+def test_verify_refuses_flags_that_mean_nothing_to_it(capsys, flag):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["verify", "--images", "i.json", flag])
+    assert info.value.code == EXIT_BAD_INPUT
+    assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
