@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from migrator.auth import AuthFile, seal, unseal
@@ -91,12 +91,13 @@ def job_from_args(source: str, target: str, rule: str = "") -> Job:
 PLAIN_FIELDS = {"insecure", "tls_verify", "requests_per_second", "concurrent_requests"}
 
 
-def auth_for_transport(auth: AuthFile, settings: Settings) -> tuple[str, str | None]:
-    """What rests in Redis for the run's workers, and a warning for the user if any."""
+def auth_for_transport(auth: AuthFile, settings: Settings) -> str:
+    """What rests in Redis for the run's workers: the credentials sealed, or only the
+    settings when no key is shared (then credentials are refused: they could not be used)."""
     if not auth.entries:
-        return "", None
+        return ""
     if settings.secret_key is not None:
-        return SEALED + seal(auth, settings.secret_key.get_secret_value()), None
+        return SEALED + seal(auth, settings.secret_key.get_secret_value())
     # Settings, never secrets: a proxy URL may carry a password, so it stays here too.
     plain = {name: entry.model_dump(include=PLAIN_FIELDS, exclude_defaults=True)
              for name, entry in auth.entries.items()}
@@ -108,7 +109,7 @@ def auth_for_transport(auth: AuthFile, settings: Settings) -> tuple[str, str | N
             "workers: set MIGRATOR_SECRET_KEY (the same for producer and workers) to hand them "
             "over sealed, or give the workers their own MIGRATOR_AUTH_FILE and leave the "
             "credentials out of this auth file")
-    return PLAIN + json.dumps(plain), None
+    return PLAIN + json.dumps(plain)
 
 
 def auth_from_transport(text: str | None, settings: Settings) -> AuthFile:
@@ -125,7 +126,6 @@ def auth_from_transport(text: str | None, settings: Settings) -> AuthFile:
 class StartedRun:
     run_id: str
     tasks: int
-    warnings: list[str] = field(default_factory=list)
 
 
 def start_run(
@@ -149,7 +149,7 @@ def start_run(
     jobs = list(dict.fromkeys(job for rule in rules if not rule.needs_tag_list
                               for job in rule.jobs()))
     expands = list({rule_key(rule): rule for rule in rules if rule.needs_tag_list}.values())
-    transport, warning = auth_for_transport(auth, settings)
+    transport = auth_for_transport(auth, settings)
     run_id = store.create(name=name, retries=retries, jobs=[str(job) for job in jobs],
                           expands=[rule_key(rule) for rule in expands], auth=transport)
     # name, args, kwargs: a copy's args are strings, an expansion's a run id and a dict
@@ -162,7 +162,7 @@ def start_run(
     store.remember_tasks(run_id, tasks)
     for name, args, kwargs in tasks.values():
         send(name, args, kwargs)
-    return StartedRun(run_id, len(jobs) + len(expands), [warning] if warning else [])
+    return StartedRun(run_id, len(jobs) + len(expands))
 
 
 def watch(store: RunStore, run_id: str, *, interval: float = 1.0,

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -436,7 +436,7 @@ class ReadOnlyLedger:
         pass
 
     def blob_lock(self, registry: str, digest: str) -> AbstractContextManager[BlobLock]:
-        return _no_lock()  # nothing is uploaded: no other copy to keep out
+        return nullcontext(HELD)  # nothing is uploaded: no other copy to keep out
 
     def upload_session(self, registry: str, repository: str, digest: str
                        ) -> UploadSession | None:
@@ -449,7 +449,3 @@ class ReadOnlyLedger:
     def close(self) -> None:
         pass
 
-
-@contextmanager
-def _no_lock() -> Iterator[BlobLock]:
-    yield HELD

@@ -120,7 +120,7 @@ class ConsoleReporter:
             self._refresh()
 
     def image_started(self, job: Job) -> None:
-        """A copy begins (optional hook: the runner calls it when the reporter has it)."""
+        """A copy begins: the bar counts the copies in flight."""
         with self._lock:
             self._running.add(job)
         self._refresh()

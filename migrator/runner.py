@@ -13,8 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
-from typing import Protocol, TypedDict, TypeVar, Unpack
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from migrator.auth import AuthFile
 from migrator.copy import ClientPool, Clients, CopyOptions, CopyResult, copy_image
@@ -36,6 +36,8 @@ class Reporter(Protocol):
     def phase(self, text: str) -> None: ...
 
     def add_total(self, images: int) -> None: ...
+
+    def image_started(self, job: Job) -> None: ...
 
     def image_done(self, job: Job, result: CopyResult | None, error: str | None) -> None: ...
 
@@ -67,16 +69,6 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-class OptionFields(TypedDict, total=False):
-    """`CopyOptions`' fields as keyword arguments, as `EmbeddedRunner` took them before."""
-
-    dry_run: bool
-    platforms: frozenset[str]
-    referrers: bool
-    immutable_tags: str | None
-    force: bool
-
-
 class EmbeddedRunner:
     def __init__(
         self,
@@ -87,11 +79,9 @@ class EmbeddedRunner:
         reporter: Reporter,
         workers: int = 7,
         retries: int = 3,
-        options: CopyOptions | None = None,
-        **fields: Unpack[OptionFields],
+        options: CopyOptions = CopyOptions(),  # noqa: B008 - frozen, shared safely
     ) -> None:
-        """`options` apply to every copy; the fields of `CopyOptions` may also come one by one
-        (`dry_run=True`), over `options`."""
+        """`options` apply to every copy (a rule's own platforms and immutable tags win)."""
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
         self.clients = Clients(auth, ClientPool(settings))
@@ -100,7 +90,7 @@ class EmbeddedRunner:
         self.reporter = reporter
         self.workers = max(1, workers)
         self.retries = max(0, retries)
-        self.options = replace(options or CopyOptions(), **fields)
+        self.options = options
 
     def run(self, rules: Sequence[Rule]) -> Summary:
         summary = Summary()
@@ -158,15 +148,14 @@ class EmbeddedRunner:
         """Copy `jobs`; the failed ones worth another pass (retryable) are returned."""
 
         def copy(job: Job) -> CopyResult:
-            # Optional in a Reporter: the console counts the copies in flight with it.
-            getattr(self.reporter, "image_started", lambda job: None)(job)
+            self.reporter.image_started(job)
             return copy_image(job, clients=self.clients, ledger=self.ledger,
                               settings=self.settings, options=self.options,
                               blob_pool=blob_pool, on_bytes=self.reporter.add_bytes,
                               notes_shown=True)  # `sync` prints each note once, at the end
 
         again: list[Job] = []
-        for job, result, error in _run_each(image_pool, copy, jobs):
+        for job, result, error in _as_done(image_pool, copy, jobs):
             reason = None if error is None else describe_unexpected(job, error)
             if reason is None:
                 summary.failed.pop(job, None)
@@ -181,18 +170,11 @@ class EmbeddedRunner:
         return again
 
 
-def run_all(
-    pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T]
-) -> Iterator[tuple[T, R | None, str | None]]:
-    """Run `work` on every item; yield (item, result, None) or (item, None, error) as each ends."""
-    for item, result, error in _run_each(pool, work, items):
-        yield item, result, None if error is None else describe_unexpected(item, error)
-
-
-def _run_each(
+def _as_done(
     pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T]
 ) -> Iterator[tuple[T, R | None, BaseException | None]]:
-    """`run_all` with the exception itself, for a caller that decides on its kind."""
+    """`work` on every item; (item, result, None) or (item, None, error) as each ends, so that
+    progress moves with the copies (`expand.each` keeps the items' order instead)."""
     futures: dict[Future[R], T] = {pool.submit(work, item): item for item in items}
     for future in as_completed(futures):
         item = futures[future]

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from migrator.copy import Clients
 from migrator.errors import MigratorError
-from migrator.expand import expand
+from migrator.expand import each, expand
 from migrator.rules import Job, Rule
-from migrator.runner import describe_unexpected, run_all
+from migrator.runner import describe_unexpected
 
 
 @dataclass
@@ -51,9 +51,9 @@ def verify(rules: Sequence[Rule], clients: Clients, workers: int = 7) -> Verific
             else:
                 report.errors[outcome.rule.origin] = describe_unexpected(outcome.rule,
                                                                          outcome.error)
-        for job, digests, error in run_all(pool, compare, list(dict.fromkeys(jobs))):
+        for job, digests, error in each(pool, compare, list(dict.fromkeys(jobs))):
             if error is not None:
-                report.errors[str(job)] = error
+                report.errors[str(job)] = describe_unexpected(job, error)
             elif digests is None or digests[1] is None:
                 report.missing.append(job)
             elif digests[0] != digests[1]:

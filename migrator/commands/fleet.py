@@ -80,8 +80,6 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                         options=CopyOptions(platforms=args.platform, referrers=args.referrers,
                                             immutable_tags=args.immutable_tags,
                                             force=args.force))
-    for warning in started.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     print(started.run_id, flush=True)
     if not args.wait:
         return EXIT_OK

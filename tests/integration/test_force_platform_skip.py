@@ -14,6 +14,7 @@ import json
 import pytest
 
 from migrator.auth import AuthFile, RegistryAuth
+from migrator.copy import CopyOptions
 from migrator.ledger import MemoryLedger
 from migrator.progress import ConsoleReporter
 from migrator.rules import parse_rules
@@ -48,14 +49,15 @@ def rules_of(images: dict) -> list:
                        default_namespace=None)
 
 
-def runner(registries, ledger, *, trust_ledger: bool | None = None, **options
-           ) -> tuple[EmbeddedRunner, ConsoleReporter]:
+def runner(registries, ledger, *, trust_ledger: bool | None = None, retries: int = 3,
+           **options) -> tuple[EmbeddedRunner, ConsoleReporter]:
     settings = load_settings({"MIGRATOR_RETRY_PASS_DELAY": "0"})
     if trust_ledger is not None:
         settings = settings.model_copy(update={"trust_ledger": trust_ledger})
     reporter = ConsoleReporter(io.StringIO(), live=False)
     return EmbeddedRunner(auth=auth_of(*registries), ledger=ledger, settings=settings,
-                          reporter=reporter, workers=2, **options), reporter
+                          reporter=reporter, workers=2, retries=retries,
+                          options=CopyOptions(**options)), reporter
 
 
 def push_config_image(registry, repository: str, tag: str, config: bytes, config_type: str,
