@@ -1,7 +1,7 @@
 """migrator against skopeo on the same registries, in the same run.
 
     python benchmarks/run.py [--scenarios many-small,few-large,multi-arch,wan]
-                             [--tools sync,fleet-1,fleet-2,skopeo] [--repetitions 3]
+                             [--tools sync,fleet-1,fleet-2,skopeo,plain] [--repetitions 3]
                              [--quick] [--out benchmarks/results.json]
 
 Starts a source Distribution registry on loopback, seeds it with deterministic synthetic images,
@@ -58,6 +58,7 @@ from benchmarks.tools import (  # noqa: E402
     Endpoints,
     Fleet,
     MigratorSync,
+    PlainCopier,
     Skopeo,
     Tool,
     skopeo_version,
@@ -66,7 +67,7 @@ from benchmarks.tools import (  # noqa: E402
 from tests.support.registry import RunningRegistry, start_registry  # noqa: E402
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-ALL_TOOLS = ("sync", "fleet-1", "fleet-2", "skopeo")
+ALL_TOOLS = ("sync", "fleet-1", "fleet-2", "skopeo", "plain")
 HERE = Path(__file__).resolve().parent
 
 
@@ -168,6 +169,8 @@ def make_tools(args: argparse.Namespace) -> list[Tool]:
                                concurrency=args.worker_concurrency))
         elif name == "skopeo":
             tools.append(Skopeo(args.skopeo_parallel))
+        elif name == "plain":
+            tools.append(PlainCopier(args.sync_workers))
     return tools
 
 

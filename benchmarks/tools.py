@@ -1,11 +1,13 @@
-"""The contenders: `migrator sync`, the fleet (`migrator enqueue --wait` + N Celery workers) and
-skopeo (`skopeo sync --all`, one process per repository, four at a time).
+"""The contenders: `migrator sync`, the fleet (`migrator enqueue --wait` + N Celery workers),
+skopeo (`skopeo sync --all`, one process per repository, four at a time) and a plain copier
+(benchmarks/plain_copier.py, a short script on `requests`).
 
 Each tool is prepared once per (scenario, repetition) with a fresh target registry, runs an
 initial copy and then a no-op re-run into that same target, and is torn down afterwards. What a
 tool keeps between its initial run and its re-run is its own state, as a user would have it:
 `migrator sync` its ``--state`` directory, the fleet its Redis database, skopeo its blob-info
-cache. Nothing is kept between repetitions.
+cache; the plain copier keeps nothing (its record lives in memory). Nothing is kept between
+repetitions.
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ class Tool:
         return images_file, auth_file
 
 
+def force_flag(phase: str) -> list[str]:
+    """The "force" phase (benchmarks/scale.py's third run) writes every manifest again."""
+    return ["--force"] if phase == "force" else []
+
+
 class MigratorSync(Tool):
     """`migrator sync` in one process; a fresh --state per repetition, kept for the re-run."""
 
@@ -118,7 +125,8 @@ class MigratorSync(Tool):
         images, auth = self.write_inputs()
         return ([sys.executable, "-m", "migrator", "sync", "--images", str(images),
                  "--auth", str(auth), "--state", str(self.work / "state"),
-                 "--workers", str(self.workers), "--log", str(self.work / f"sync-{phase}.log")],
+                 "--workers", str(self.workers), "--log", str(self.work / f"sync-{phase}.log"),
+                 *force_flag(phase)],
                 clean_env(self.code))
 
 
@@ -174,7 +182,8 @@ class Fleet(Tool):
     def command(self, phase: str) -> tuple[list[str], dict[str, str]]:
         images, auth = self.write_inputs()
         return ([sys.executable, "-m", "migrator", "enqueue", "--wait",
-                 "--timeout", str(self.timeout), "--images", str(images), "--auth", str(auth)],
+                 "--timeout", str(self.timeout), "--images", str(images), "--auth", str(auth),
+                 *force_flag(phase)],
                 self.env())
 
     def extra_processes(self) -> list[tuple[str, psutil.Process]]:
@@ -192,6 +201,23 @@ class Fleet(Tool):
                 worker.wait()
         self.workers = []
         self.flush()
+
+
+class PlainCopier(Tool):
+    """benchmarks/plain_copier.py: threads, mounts, an in-memory record of blobs, digests
+    checked, on `requests` and nothing else; as many image threads as `migrator sync`."""
+
+    name = "plain"
+    label = "plain copier"
+
+    def __init__(self, threads: int = 7) -> None:
+        self.threads = threads
+
+    def command(self, phase: str) -> tuple[list[str], dict[str, str]]:
+        return ([sys.executable, str(ROOT / "benchmarks" / "plain_copier.py"),
+                 "--source", self.endpoints.source, "--target", self.endpoints.target,
+                 "--namespace", TARGET_NAMESPACE, "--threads", str(self.threads),
+                 *self.scenario.source_repositories()], clean_env(self.code))
 
 
 SKOPEO_SCRIPT = """\

@@ -12,12 +12,13 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from pydantic import SecretStr, ValidationError
 from pydantic_core import ErrorDetails
 
+from migrator.docker_config import DockerConfig
 from migrator.documents import (
     SCHEME,
     describe_type,
@@ -26,7 +27,7 @@ from migrator.documents import (
     load_document,
     quote,
 )
-from migrator.errors import ConfigError, InvalidReference
+from migrator.errors import AuthError, ConfigError, InvalidReference
 from migrator.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
@@ -55,19 +56,55 @@ class AuthFile:
 
     path: str
     entries: dict[str, RegistryAuth] = field(default_factory=dict)
+    # Entries whose credentials name an environment variable that is unset or empty, with
+    # their problems: an error only for a run that uses them, so one missing CI secret for a
+    # registry this run does not touch blocks nothing.
+    unresolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Credentials for a registry this file names without any (or not at all), found as
+    # `docker pull` finds them: Docker's config file and credential helpers
+    # (docker_config.py). The file's own credentials win; its settings always apply.
+    fallback: Callable[[str], RegistryAuth | None] | None = field(
+        default=None, compare=False, repr=False)
 
     def lookup(self, registry: str, repository: str) -> RegistryAuth:
         """The entry with the longest key that is a path prefix of registry/repository.
 
         `quay.io/coreos` beats `quay.io` for `quay.io/coreos/etcd`, but never matches
-        `quay.io/coreos-extra/etcd` (whole components only). No entry → anonymous.
+        `quay.io/coreos-extra/etcd` (whole components only). No entry → anonymous. An
+        unresolved entry raises its ConfigError.
         """
         parts = [_normalize_registry(registry), *[p for p in repository.split("/") if p]]
         for length in range(len(parts), 0, -1):
-            entry = self.entries.get("/".join(parts[:length]))
+            key = "/".join(parts[:length])
+            entry = self.entries.get(key)
             if entry is not None:
-                return entry
-        return RegistryAuth()
+                return self._completed(parts[0], entry)
+            if key in self.unresolved:
+                raise ConfigError(list(self.unresolved[key]))
+        return self._completed(parts[0], RegistryAuth())
+
+    def _completed(self, registry: str, entry: RegistryAuth) -> RegistryAuth:
+        if self.fallback is None or not entry.anonymous:
+            return entry
+        found = self.fallback(registry)
+        return entry if found is None else entry.with_credentials_of(found)
+
+    def with_entry(self, registry: str, repository: str, entry: RegistryAuth) -> AuthFile:
+        """This file with `entry` for registry/repository exactly (it wins over any entry of
+        its registry or namespaces): how --src/--dst's own settings apply to their image."""
+        key = "/".join([_normalize_registry(registry), *[p for p in repository.split("/") if p]])
+        unresolved = {name: problems for name, problems in self.unresolved.items()
+                      if name != key}
+        return replace(self, entries={**self.entries, key: entry}, unresolved=unresolved)
+
+    def unresolved_for(self, registry: str, repository: str) -> tuple[str, ...]:
+        """The problems of the entry `lookup` would use for registry/repository, if it is
+        unresolved; () when that entry is usable."""
+        try:
+            self.lookup(registry, repository)
+        except ConfigError as exc:
+            return tuple(exc.problems)
+        return ()
 
 
 def _normalize_key(key: str) -> str:
@@ -115,7 +152,7 @@ def _field_problem(where: str, error: ErrorDetails) -> str:
     return f"{where}: {name}: {error['msg']}"  # pydantic's text; inputs are hidden
 
 
-def _secret_problem(name: str, value: str | None) -> str | None:
+def secret_problem(name: str, value: str | None) -> str | None:
     """What makes a username or password unusable in an Authorization header; never its text.
 
     A line break is the usual one: a YAML `password: |` block keeps the last one.
@@ -138,7 +175,10 @@ def _parse_entry(
     environ: Mapping[str, str],
     base_dir: str,
     problems: list[str],
+    unset: list[str],
 ) -> RegistryAuth | None:
+    """The entry of `value`; None when it has problems. Problems that are only an unset or
+    empty environment variable go to `unset` (an error only where the entry is used)."""
     fields: dict[str, object] = {}
     refused: set[str] = set()  # secret fields already reported
     ok = True
@@ -158,20 +198,20 @@ def _parse_entry(
                     # `$oauthtoken` (nvcr.io's user name) is meant literally more often than not
                     literal = ("" if match.group(1) else
                                f" (for a literal '$', write '$$': {quote('$' + match.group(0))})")
-                    problems.append(f"{where}: {name}: environment variable {variable} is not "
-                                    f"set{literal}")
+                    unset.append(f"{where}: {name}: environment variable {variable} is not "
+                                 f"set{literal}")
                     refused.add(name)
                     ok = False
                     continue
                 if not item:
                     # CI systems expand a missing secret to "": an empty variable is a mistake.
-                    problems.append(f"{where}: {name}: environment variable {variable} is empty")
+                    unset.append(f"{where}: {name}: environment variable {variable} is empty")
                     refused.add(name)
                     ok = False
                     continue
             elif not item:
                 item = None  # image-syncer's files write "" for anonymous access
-            problem = _secret_problem(name, item)
+            problem = secret_problem(name, item)
             if problem is not None:
                 problems.append(f"{where}: {name}: {problem}" + (
                     f" (from environment variable {variable})" if match else ""))
@@ -207,15 +247,38 @@ def load_auth(
     file (or `path=None`) means anonymous access everywhere.
     """
     if path is None:
-        return AuthFile("")
+        return AuthFile("", fallback=DockerConfig.of(environ))
     name = os.fspath(path)
     document = load_document(name, required=required, raw_text_keys=frozenset(SECRET_FIELDS))
     if document.problems:
         raise ConfigError(document.problems)
     if not document.found or document.data is None:
-        return AuthFile(name)
-    return parse_auth(document.data, name=name, environ=environ,
+        return AuthFile(name, fallback=DockerConfig.of(environ))
+    auth = parse_auth(document.data, name=name, environ=environ,
                       base_dir=os.path.dirname(os.path.abspath(name)))
+    # Credentials that expire (a password a job rewrites every few hours, a Kubernetes
+    # Secret mounted as the file) are read again from the file when the registry refuses them.
+    return replace(auth, entries={
+        key: entry if entry.anonymous else entry.with_refresher(_ReadAgain(name, key, environ))
+        for key, entry in auth.entries.items()})
+
+
+@dataclass(frozen=True)
+class _ReadAgain:
+    """An auth file entry's refresher: the file read again (compared by file and key, so the
+    entry stays one client's key)."""
+
+    path: str
+    key: str
+    environ: Mapping[str, str] = field(compare=False, repr=False)
+
+    def __call__(self) -> RegistryAuth | None:
+        try:
+            auth = load_auth(self.path, environ=self.environ, required=True)
+        except ConfigError as exc:
+            raise AuthError(f"{self.path}: read again for fresh credentials: "
+                            f"{exc.problems[0]}") from None
+        return auth.entries.get(self.key)
 
 
 def parse_auth(data: object, *, name: str, environ: Mapping[str, str], base_dir: str) -> AuthFile:
@@ -223,7 +286,7 @@ def parse_auth(data: object, *, name: str, environ: Mapping[str, str], base_dir:
     `--config` file); raise one ConfigError with every problem. `name` starts each problem;
     `base_dir` is where a relative `ca_file` is found."""
     if data is None:
-        return AuthFile(name)
+        return AuthFile(name, fallback=DockerConfig.of(environ))
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{name}: the top level must be a mapping of registry to credentials, "
@@ -231,6 +294,7 @@ def parse_auth(data: object, *, name: str, environ: Mapping[str, str], base_dir:
         )
     problems = [duplicate_problem(name, key, line) for key, line in duplicate_keys(data)]
     entries: dict[str, RegistryAuth] = {}
+    unresolved: dict[str, tuple[str, ...]] = {}
     written_as: dict[str, str] = {}
     for key, value in data.items():
         where = f"{name}: {quote(key)}"
@@ -253,7 +317,14 @@ def parse_auth(data: object, *, name: str, environ: Mapping[str, str], base_dir:
         problems.extend(
             duplicate_problem(where, inner, line) for inner, line in duplicate_keys(value)
         )
-        auth = _parse_entry(where, value, environ=environ, base_dir=base_dir, problems=problems)
+        unset: list[str] = []
+        before = len(problems)
+        auth = _parse_entry(where, value, environ=environ, base_dir=base_dir, problems=problems,
+                            unset=unset)
+        if unset and normalized is not None and len(problems) == before:
+            unresolved[normalized] = tuple(unset)
+            continue
+        problems.extend(unset)
         if auth is None or normalized is None:
             continue
         if normalized in written_as:
@@ -267,7 +338,7 @@ def parse_auth(data: object, *, name: str, environ: Mapping[str, str], base_dir:
         entries[normalized] = auth
     if problems:
         raise ConfigError(problems)
-    return AuthFile(name, entries)
+    return AuthFile(name, entries, unresolved, fallback=DockerConfig.of(environ))
 
 
 def seal(auth: AuthFile, key: str) -> str:
@@ -311,4 +382,5 @@ def merge(base: AuthFile, override: AuthFile) -> AuthFile:
         if own is not None and entry.anonymous:
             entry = own.model_copy(update=entry.model_dump(exclude_defaults=True))
         entries[name] = entry
-    return AuthFile(override.path or base.path, entries)
+    return AuthFile(override.path or base.path, entries,
+                    fallback=base.fallback or override.fallback)

@@ -26,7 +26,13 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from migrator.errors import DigestMismatch, MigratorError, RegistryError, TransportError
+from migrator.errors import (
+    DigestMismatch,
+    MigratorError,
+    RegistryError,
+    TransportError,
+    UploadChunkRefused,
+)
 from migrator.ledger import Ledger
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import Descriptor
@@ -35,6 +41,10 @@ from migrator.registry.upload import UploadSession
 from migrator.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How often one upload starts again after the registry refused its chunks' size: each refusal
+# sets a limit (too large, too small), so two are enough, a third means limits that clash.
+MAX_CHUNK_LESSONS = 3
 
 ByteCounter = Any  # Callable[[int], None] | None, as in migrator/copy
 
@@ -184,14 +194,26 @@ def upload_chunked(
     fresh_url: str | None = None,
     on_bytes: ByteCounter = None,
 ) -> None:
-    """Copy one large blob in chunks, resuming a session the ledger holds (see module doc)."""
+    """Copy one large blob in chunks, resuming a session the ledger holds (see module doc).
+
+    A chunk the registry refuses for its size teaches the client (`dst.uploads`) the size it
+    takes, and the upload starts again with it; a registry that refuses PATCH altogether
+    raises `UploadChunkRefused` with `dst.uploads.chunks_refused` set, for a monolithic PUT.
+    """
     reader = ResumableBlobReader(src, src_repo, blob, settings, on_bytes)
     try:
-        for attempt in retrying(settings, settings.blob_attempts):
-            with attempt:
-                session = _resume_point(dst, dst_repo, blob.digest, ledger, fresh_url)
-                fresh_url = None
-                _send_chunks(dst, dst_repo, blob, ledger, settings, reader, session)
+        for lesson in range(MAX_CHUNK_LESSONS + 1):
+            try:
+                for attempt in retrying(settings, settings.blob_attempts):
+                    with attempt:
+                        session = _resume_point(dst, dst_repo, blob.digest, ledger, fresh_url)
+                        fresh_url = None
+                        _send_chunks(dst, dst_repo, blob, ledger, settings, reader, session)
+                return
+            except UploadChunkRefused as exc:
+                dst.uploads.learn(exc.reason, exc.limit, exc.sent)
+                if dst.uploads.chunks_refused or lesson == MAX_CHUNK_LESSONS:
+                    raise
     finally:
         reader.close()
 
@@ -225,8 +247,9 @@ def _send_chunks(dst: RegistryClient, dst_repo: str, blob: Descriptor, ledger: L
                  session: UploadSession) -> None:
     try:
         reader.seek(session.offset)
-        while blob.size - session.offset > settings.upload_chunk_size:
-            length = settings.upload_chunk_size
+        chunk = dst.uploads.chunk(settings.upload_chunk_size)
+        while blob.size - session.offset > chunk:
+            length = chunk
             expected_end = session.offset + length
             session = dst.upload_chunk(dst_repo, session, _Chunk(reader, length), length)
             if session.offset != expected_end:
@@ -242,8 +265,10 @@ def _send_chunks(dst: RegistryClient, dst_repo: str, blob: Descriptor, ledger: L
         rest = blob.size - session.offset
         dst.finish_upload(dst_repo, session.url, blob.digest,
                           _Chunk(reader, rest) if rest else b"")
-    except DigestMismatch:
-        # The source serves other bytes than its digest: this session can never complete.
+    except (DigestMismatch, UploadChunkRefused):
+        # The source serves other bytes than its digest, or the registry will not take this
+        # chunk size: this session can never complete.
+        reader.close()
         dst.cancel_upload(dst_repo, session.url)
         ledger.save_upload_session(dst.registry, dst_repo, blob.digest, None)
         raise

@@ -11,8 +11,14 @@
     │       └── ClusterForbidden     403 on some lists: `missing` names each verb and resource
     ├── AuthError                credentials refused, token endpoint failed
     ├── RegistryError            the registry answered with a status we cannot use
-    │   ├── ManifestUnsupported  schema1 and other formats we refuse to copy
+    │   ├── ManifestUnsupported  formats we cannot copy (unknown types, no schema1 layers)
     │   ├── BlobUnknownOnPush    manifest PUT refused because blobs are missing
+    │   ├── NamespaceMissing     the target's project, namespace or repository does not exist
+    │   │                        and the registry does not create it on push
+    │   ├── FormatRefused        the target refused a manifest's format (Docker, OCI, schema1)
+    │   ├── TagImmutable         the target refused to overwrite an immutable tag
+    │   ├── UploadChunkRefused   a PATCH refused for its size, or PATCH refused altogether:
+    │   │                        the upload goes on with other chunks or a monolithic PUT
     │   └── RegistryUnreachable  its `/v2/` ping could not connect: refused, no such host,
     │                            TLS handshake failed (its remaining work fails at once)
     ├── DigestMismatch           bytes did not hash to the digest that named them
@@ -112,11 +118,44 @@ class RegistryError(MigratorError):
 
 
 class ManifestUnsupported(RegistryError):
-    """A manifest type we refuse to copy (Docker schema1, unknown media types)."""
+    """A manifest we cannot copy: an unknown media type, a schema1 manifest without layers."""
 
 
 class BlobUnknownOnPush(RegistryError):
     """The target refused a manifest because it lacks some of its blobs."""
+
+
+class NamespaceMissing(RegistryError):
+    """The target's project, namespace or repository (`namespace`) does not exist and the
+    registry does not create it on push (ECR, Artifact Registry, Harbor, SWR, ACR)."""
+
+    def __init__(self, message: str, *, namespace: str, **context: Unpack[ErrorContext]) -> None:
+        self.namespace = namespace
+        super().__init__(message, **context)
+
+
+class FormatRefused(RegistryError):
+    """The target refused a manifest's media type (Docker types on zot without docker2s2,
+    OCI types on a registry that only takes Docker's, Docker schema1 on a registry that
+    no longer takes it). Manifests are copied unchanged, so
+    converting is not an option the copy takes by itself."""
+
+
+class TagImmutable(RegistryError):
+    """The target refused to overwrite a tag an immutability rule protects (Harbor: 412)."""
+
+
+class UploadChunkRefused(RegistryError):
+    """A PATCH of a chunked upload refused: `reason` is "too-large" (GHCR: above 4 MiB),
+    "too-small" (ECR: parts under 5 MiB but the last) or "unsupported" (Artifact Registry:
+    no PATCH at all); `limit` is the size the registry named, if it named one."""
+
+    def __init__(self, message: str, *, reason: str, limit: int | None = None,
+                 sent: int = 0, **context: Unpack[ErrorContext]) -> None:
+        self.reason = reason
+        self.limit = limit
+        self.sent = sent
+        super().__init__(message, **context)
 
 
 class RegistryUnreachable(RegistryError):
@@ -144,6 +183,13 @@ class RunVanished(MigratorError):
 
     def __str__(self) -> str:
         return f"run {self.run_id} is no longer in Redis (flushed, or expired)"
+
+
+class Interrupted(MigratorError):
+    """Work not started because the user interrupted the run (Ctrl-C)."""
+
+    def __init__(self) -> None:
+        super().__init__("not started: the run was interrupted")
 
 
 class RetryableError(MigratorError):

@@ -13,11 +13,12 @@ outcome, failures included, and raises nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from migrator.copy import Clients
+from migrator.errors import Interrupted
 from migrator.rules import Job, Rule
 
 T = TypeVar("T")
@@ -68,5 +69,10 @@ def each(pool: Executor, work: Callable[[T], R], items: Sequence[T]
     of the items, so that the jobs keep the order of the rules."""
     futures = [(item, pool.submit(work, item)) for item in items]
     for item, future in futures:
-        error = future.exception()
+        error = outcome_error(future)
         yield item, None if error is not None else future.result(), error
+
+
+def outcome_error(future: Future) -> BaseException | None:
+    """A finished future's error; `Interrupted` for one cancelled before it started."""
+    return Interrupted() if future.cancelled() else future.exception()

@@ -16,17 +16,20 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
-
-from packaging.specifiers import InvalidSpecifier, Specifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from typing import TYPE_CHECKING, Any
 
 from migrator.documents import quote
 from migrator.errors import FilterError  # defined in the one tree; imported from here too
 
+if TYPE_CHECKING:  # packaging loads only for a rule with a semver filter: start-up time
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
 
 def read_version(tag: str) -> Version | None:
     """The tag read as a version (`v1.2.3`, `1.10`, `2.0.0-rc.1`), or None (`latest`)."""
+    from packaging.version import InvalidVersion, Version
+
     try:
         return Version(tag)
     except (InvalidVersion, ValueError):  # ValueError: a number of more than 4300 digits
@@ -61,6 +64,8 @@ def _clause(operator: str, version: str, whole: str) -> tuple[list[str], bool]:
         release = parsed.release + (0,)
         return [f">={parsed}", f"<{_bump(release, 1 if given >= 2 else 0)}"], parsed.is_prerelease
     operator = "==" if operator in ("", "=") else operator
+    from packaging.specifiers import InvalidSpecifier, Specifier
+
     try:
         Specifier(f"{operator}{parsed}")
     except InvalidSpecifier:
@@ -80,6 +85,8 @@ class _Alternative:
 
 def parse_range(text: str) -> tuple[_Alternative, ...]:
     """`>=3.4, <4`, `^1.2 || ~2.0.1`, `1.2.x` → alternatives (a version matches one of them)."""
+    from packaging.specifiers import SpecifierSet
+
     if not text.strip():
         raise FilterError("semver: the range is empty")
     alternatives = []

@@ -88,7 +88,8 @@ def job_from_args(source: str, target: str, rule: str = "") -> Job:
     return Job(parse(source), parse(target), rule)
 
 
-PLAIN_FIELDS = {"insecure", "tls_verify", "requests_per_second", "concurrent_requests"}
+PLAIN_FIELDS = {"insecure", "tls_verify", "requests_per_second", "concurrent_requests",
+                "upload", "chunk_size", "create_namespace"}
 
 
 def auth_for_transport(auth: AuthFile, settings: Settings) -> str:
@@ -169,7 +170,8 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
           on_state: Callable[[RunState], None] | None = None,
           timeout: float | None = None, resend: Send | None = None,
           stalled_after: float = 3600.0,
-          on_resend: Callable[[int], None] | None = None) -> RunState:
+          on_resend: Callable[[int], None] | None = None,
+          sweep: Callable[[], object] | None = None) -> RunState:
     """Follow a run until it is finished (or `timeout` seconds pass); returns its last state.
 
     Each job or rule that ends wakes the watcher; `interval` bounds the wait between looks
@@ -178,7 +180,10 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
     With `resend`: when nothing has ended for `stalled_after` seconds, the run's unfinished
     tasks are sent again. Celery's Redis transport loses a message whose worker is killed
     between taking it from the queue and recording it as unacknowledged; a task still running
-    elsewhere is harmless to send twice (copies are idempotent, counted once).
+    elsewhere is harmless to send twice (copies are idempotent, counted once). A last resort:
+    `sweep`, called at each look (it decides itself how often to act), is the fleet's reaper
+    (workers/reaper.py), which hands a dead worker's tasks back within seconds; the watcher
+    is one more process that runs it, in case every worker is gone.
 
     Raises RunVanished when the run's record is gone from Redis.
     """
@@ -186,6 +191,8 @@ def watch(store: RunStore, run_id: str, *, interval: float = 1.0,
     deadline = None if timeout is None else time.monotonic() + timeout
     progress, moved = (-1, -1), time.monotonic()
     while True:
+        if sweep is not None:
+            sweep()
         state = store.state(run_id)
         if state is None:
             raise RunVanished(run_id)

@@ -70,6 +70,11 @@ class Ledger(Protocol):
                             session: UploadSession | None) -> None:
         """Record a session (None forgets it)."""
 
+    def run_number(self) -> int:
+        """How many runs have opened this record, this one included; 0 for a record that
+        lives for one run or that many share (re-runs check a sample of the target's tags
+        in turn by this number: migrator/copy/image.py)."""
+
     def close(self) -> None: ...
 
 
@@ -145,6 +150,9 @@ class MemoryLedger:
             else:
                 self._uploads[(registry, repository, digest)] = session
 
+    def run_number(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 
@@ -166,6 +174,7 @@ class SQLiteLedger:
         registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL,
         url TEXT NOT NULL, "offset" INTEGER NOT NULL,
         PRIMARY KEY (registry, repository, digest));
+    CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """
 
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
@@ -181,6 +190,9 @@ class SQLiteLedger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(self.SCHEMA)
+            self._db.execute("INSERT INTO meta VALUES ('runs', 1) "
+                             "ON CONFLICT (name) DO UPDATE SET value = value + 1")
+        self._run_number = self._runs_opened() + (1 if read_only else 0)
         self._lock = threading.Lock()
         self._locks = _LocalLocks()
 
@@ -239,6 +251,17 @@ class SQLiteLedger:
                 self._db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
                                  (registry, repository, digest, session.url, session.offset))
 
+    def _runs_opened(self) -> int:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'runs'").fetchone()
+        except sqlite3.OperationalError:  # a read-only record from an older version
+            return 0
+        return int(row[0]) if row else 0
+
+    def run_number(self) -> int:
+        """A dry run counts as the run that would come next."""
+        return self._run_number
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -279,7 +302,13 @@ class RedisLedger:
     """The fleet's record, shared by every worker through Redis.
 
         {prefix}blob:{registry}:{digest}   SET of repositories holding the blob
-        {prefix}manifest:{target}          HASH source, target (digests last synced)
+        {prefix}manifests:{registry}/{repository}
+                                           HASH tag (`:tag`, or `@digest` for an image pushed
+                                           by digest, plus ` platforms=...` under a platform
+                                           filter) → the digests last synced: the hex of the
+                                           one sha256 when source and target are the same
+                                           manifest (the rule: copies keep digests), else
+                                           `source target` in full
         {prefix}lock:{registry}:{digest}   single-flight lock with a TTL, renewed while held
         {prefix}upload:{registry}:{repository}:{digest}
                                            HASH url, offset of a chunked upload, with a TTL
@@ -316,15 +345,24 @@ class RedisLedger:
                 pipe.srem(self._blob_key(registry, digest), repository)
             pipe.execute()
 
+    def _manifest_place(self, target: str) -> tuple[str, str]:
+        """(hash key, field) of a target's record: one hash per repository holds its tags,
+        a few dozen bytes each, where a key per tag cost some 400 (issue: Redis per tag)."""
+        reference, space, filtered = target.partition(" ")
+        slash = reference.rfind("/")
+        marks = [at for at in (reference.find("@", slash + 1), reference.find(":", slash + 1))
+                 if at >= 0]
+        split = min(marks) if marks else len(reference)
+        return (f"{self.prefix}manifests:{reference[:split]}",
+                reference[split:] + space + filtered)
+
     def manifest(self, target: str) -> ManifestRecord | None:
-        values = self.redis.hmget(f"{self.prefix}manifest:{target}", "source", "target")
-        if not values[0] or not values[1]:
-            return None
-        return ManifestRecord(text(values[0]), text(values[1]))
+        key, field = self._manifest_place(target)
+        return unpack_record(self.redis.hget(key, field))
 
     def record_manifest(self, target: str, record: ManifestRecord) -> None:
-        self.redis.hset(f"{self.prefix}manifest:{target}",
-                        mapping={"source": record.source_digest, "target": record.target_digest})
+        key, field = self._manifest_place(target)
+        self.redis.hset(key, field, pack_record(record))
 
     @contextmanager
     def blob_lock(self, registry: str, digest: str) -> Iterator[BlobLock]:
@@ -388,6 +426,9 @@ class RedisLedger:
             pipe.expire(key, self.upload_ttl)
             pipe.execute()
 
+    def run_number(self) -> int:
+        return 0  # the fleet trusts its shared record (settings.trust_ledger)
+
     def close(self) -> None:
         pass  # the Redis client belongs to the caller
 
@@ -406,6 +447,34 @@ class RedisLedger:
                         still_held = self._held.pop(id(held), None) is not None
                     if still_held:
                         held.mark_lost(exc)
+
+
+SHA256 = "sha256:"
+_HEX = frozenset("0123456789abcdef")
+
+
+def pack_record(record: ManifestRecord) -> str:
+    """A manifest record as the Redis ledger keeps it: 64 characters in the usual case (the
+    target holds the source's own manifest), which keeps a repository's hash of up to 128 tags
+    in Redis's compact encoding."""
+    digest = record.source_digest
+    if (record.target_digest == digest and digest.startswith(SHA256)
+            and len(digest) == len(SHA256) + 64 and set(digest[len(SHA256):]) <= _HEX):
+        return digest[len(SHA256):]
+    return f"{record.source_digest} {record.target_digest}"
+
+
+def unpack_record(value: bytes | str | None) -> ManifestRecord | None:
+    """The record `pack_record` wrote; None for nothing, or for what it cannot read."""
+    if not value:
+        return None
+    found = text(value)
+    source, space, target = found.partition(" ")
+    if space:
+        return ManifestRecord(source, target) if source and target else None
+    if len(found) == 64 and set(found) <= _HEX:
+        return ManifestRecord(SHA256 + found, SHA256 + found)
+    return None
 
 
 def text(value: bytes | str) -> str:
@@ -445,6 +514,9 @@ class ReadOnlyLedger:
     def save_upload_session(self, registry: str, repository: str, digest: str,
                             session: UploadSession | None) -> None:
         pass
+
+    def run_number(self) -> int:
+        return self._ledger.run_number()
 
     def close(self) -> None:
         pass

@@ -12,21 +12,13 @@ import logging
 import sys
 import threading
 import time
-from typing import TextIO, TypedDict
+from typing import TYPE_CHECKING, TextIO, TypedDict
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:  # rich loads only for a live bar: its import is a tenth of the start-up
+    from rich.progress import Progress, TaskID
 
-from migrator.copy import CopyResult
-from migrator.rules import Job
+    from migrator.copy import CopyResult
+    from migrator.rules import Job
 
 PLAIN_INTERVAL = 5.0
 
@@ -81,6 +73,16 @@ class ConsoleReporter:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if self.live:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("images"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[running]}"),
@@ -97,6 +99,15 @@ class ConsoleReporter:
         if self.logs_above_bar:
             return _AboveTheBar(self)
         return logging.StreamHandler(self.errors)
+
+    def say(self, text: str) -> None:
+        """A line for the person at once, on `errors`: above the bar while it is drawn."""
+        progress = self._progress
+        if progress is not None and progress.live.is_started and self.logs_above_bar:
+            progress.console.print(text, markup=False, highlight=False, emoji=False,
+                                   soft_wrap=True)
+        else:
+            print(text, file=self.errors, flush=True)
 
     def phase(self, text: str) -> None:
         if self._progress is not None:

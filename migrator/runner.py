@@ -5,21 +5,26 @@ It does what image-syncer does, in the same order: expand every rule into image 
 another try may cure is retried (the `RetryableError` branch: resets, timeouts, 408, 429, 5xx),
 the policy of the fleet's tasks too; a 401, 403, 404 or TLS failure is reported after the
 pass it happened in.
+
+A first interrupt drains the run (`interrupt`): copies in flight finish, nothing new starts,
+and what did not start is reported as not copied; the command decides what a second one does.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from migrator.auth import AuthFile
 from migrator.copy import ClientPool, Clients, CopyOptions, CopyResult, copy_image
-from migrator.errors import MigratorError, RetryableError
-from migrator.expand import expand
+from migrator.errors import Interrupted, MigratorError, RetryableError
+from migrator.expand import expand, outcome_error
 from migrator.ledger import Ledger
 from migrator.rules import Job, Rule
 from migrator.settings import Settings
@@ -53,6 +58,9 @@ class Summary:
     skipped: list[CopyResult] = field(default_factory=list)
     failed: dict[Job, str] = field(default_factory=dict)
     generate_failed: dict[Rule, str] = field(default_factory=dict)
+    # The failed jobs that never started because the run was interrupted.
+    not_started: set[Job] = field(default_factory=set)
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -67,6 +75,39 @@ def describe(error: BaseException) -> str:
     if isinstance(error, MigratorError):
         return str(error).splitlines()[0] if str(error) else type(error).__name__
     return f"{type(error).__name__}: {error}"
+
+
+class DrainablePool(Executor):
+    """A thread pool that can stop taking work: `drain` cancels what has not started, and
+    anything submitted later ends at once as `Interrupted`; what runs goes on."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self.draining = False
+
+    def submit(self, fn: Callable[..., R], /, *args: object, **kwargs: object) -> Future[R]:
+        with self._lock:
+            if self.draining:
+                future: Future[R] = Future()
+                future.set_exception(Interrupted())
+                return future
+            future = self._pool.submit(fn, *args, **kwargs)
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def drain(self) -> int:
+        """Stop: cancel the work not started; the number of items still running."""
+        with self._lock:
+            self.draining = True
+            pending = list(self._pending)
+        return sum(not future.cancel() and not future.done() for future in pending)
 
 
 class EmbeddedRunner:
@@ -91,17 +132,31 @@ class EmbeddedRunner:
         self.workers = max(1, workers)
         self.retries = max(0, retries)
         self.options = options
+        self._image_pool: DrainablePool | None = None
+
+    def interrupt(self) -> int:
+        """Drain the run (safe from a signal handler): copies in flight finish, nothing else
+        starts, no retry pass follows. The number of copies (or tag listings) in flight."""
+        pool = self._image_pool
+        return 0 if pool is None else pool.drain()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._image_pool is not None and self._image_pool.draining
 
     def run(self, rules: Sequence[Rule]) -> Summary:
         summary = Summary()
         jobs: dict[Job, None] = {}  # ordered and without duplicates
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="image") as image_pool, \
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="image") as threads, \
                 ThreadPoolExecutor(self.workers * self.settings.blob_parallelism,
                                    thread_name_prefix="blob") as blob_pool:
+            image_pool = self._image_pool = DrainablePool(threads)
             self.reporter.phase("Start to generate images tasks, please wait ...")
             pending_rules = list(rules)
             pending_jobs: list[Job] = []
             for attempt in range(self.retries + 1):
+                if attempt and self.interrupted:
+                    break
                 if attempt:
                     delay = self.settings.retry_pass_delay * 2 ** (attempt - 1)
                     log.info("retry pass %d of %d in %.1fs: %d images, %d rules", attempt,
@@ -117,9 +172,10 @@ class EmbeddedRunner:
                 if not pending_jobs and not pending_rules:
                     break
         summary.images = len(jobs)
+        summary.interrupted = self.interrupted
         return summary
 
-    def _generate(self, rules: list[Rule], pool: ThreadPoolExecutor, summary: Summary
+    def _generate(self, rules: list[Rule], pool: Executor, summary: Summary
                   ) -> tuple[list[Job], list[Rule]]:
         """The jobs of `rules`, and the rules to try again on the next pass (those that failed
         retryably). A catalog rule's repositories are rules of their own, expanded and retried
@@ -141,7 +197,7 @@ class EmbeddedRunner:
     def _handle(
         self,
         jobs: list[Job],
-        image_pool: ThreadPoolExecutor,
+        image_pool: Executor,
         blob_pool: ThreadPoolExecutor,
         summary: Summary,
     ) -> list[Job]:
@@ -155,14 +211,19 @@ class EmbeddedRunner:
                               notes_shown=True)  # `sync` prints each note once, at the end
 
         again: list[Job] = []
-        for job, result, error in _as_done(image_pool, copy, jobs):
+        # Twice the copies at once: a copy that ends finds the next one already queued.
+        for job, result, error in _as_done(image_pool, copy, jobs, window=2 * self.workers):
             reason = None if error is None else describe_unexpected(job, error)
             if reason is None:
                 summary.failed.pop(job, None)
                 assert result is not None
                 (summary.skipped if result.outcome == "skipped" else summary.results).append(result)
+            elif isinstance(error, Interrupted):
+                summary.failed[job] = reason
+                summary.not_started.add(job)
             else:
                 summary.failed[job] = reason
+                summary.not_started.discard(job)
                 if isinstance(error, RetryableError):
                     again.append(job)
                 log.error("failed %s: %s", job, reason)
@@ -171,18 +232,31 @@ class EmbeddedRunner:
 
 
 def _as_done(
-    pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T]
+    pool: Executor, work: Callable[[T], R], items: Sequence[T], *, window: int
 ) -> Iterator[tuple[T, R | None, BaseException | None]]:
     """`work` on every item; (item, result, None) or (item, None, error) as each ends, so that
-    progress moves with the copies (`expand.each` keeps the items' order instead)."""
-    futures: dict[Future[R], T] = {pool.submit(work, item): item for item in items}
-    for future in as_completed(futures):
-        item = futures[future]
-        error = future.exception()
-        if error is None:
-            yield item, future.result(), None
-        else:
-            yield item, None, error
+    progress moves with the copies (`expand.each` keeps the items' order instead).
+
+    At most `window` items are submitted at a time: a future per tag of a 20 000-tag run,
+    all queued at once, would cost memory in proportion to the run for no speed."""
+    remaining = iter(items)
+    pending: dict[Future[R], T] = {}
+
+    def submit(count: int) -> None:
+        for item in itertools.islice(remaining, count):
+            pending[pool.submit(work, item)] = item
+
+    submit(window)
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        submit(len(done))
+        for future in done:
+            item = pending.pop(future)
+            error = outcome_error(future)
+            if error is None:
+                yield item, future.result(), None
+            else:
+                yield item, None, error
 
 
 def describe_unexpected(item: object, error: BaseException) -> str:

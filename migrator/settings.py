@@ -6,19 +6,23 @@ Each field can be overridden by an environment variable `MIGRATOR_<FIELD>` (for 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+ENV_PREFIX = "MIGRATOR_"
 
 
-class Settings(BaseSettings):
-    # hide_input_in_errors: a bad MIGRATOR_SECRET_KEY must not be printed back.
-    model_config = SettingsConfigDict(env_prefix="MIGRATOR_", extra="ignore",
-                                      hide_input_in_errors=True)
+class Settings(BaseModel):
+    # A plain model, read from the environment by `load_settings`: every field is a scalar that
+    # pydantic's lax mode parses from its text, and pydantic-settings would cost a fifth of
+    # the command's start-up (it imports asyncio). hide_input_in_errors: a bad
+    # MIGRATOR_SECRET_KEY must not be printed back.
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
 
     # HTTP
     connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection")
@@ -61,6 +65,13 @@ class Settings(BaseSettings):
     trust_ledger: bool | None = Field(
         None, description="skip the target HEAD when the ledger vouches for a tag; unset: "
         "trusted by the fleet (its record is shared), verified by `migrator sync`")
+    verify_target_every: int = Field(
+        4, ge=1, description="where the record is verified (`migrator sync`), a tag it "
+        "vouches for is HEADed at the target on one run in this many (which tags on which "
+        "run: a hash of the tag name and the record's run count), and otherwise trusted if "
+        "the target repository's tag list, read once per run, still has it: a deleted tag is "
+        "copied again at the next run, a tag changed in place within this many runs. 1: a "
+        "HEAD per tag on every run (docs/reruns.md)")
 
     # Embedded runs
     state_dir: Path = Field(Path(".migrator"), description="where `migrator sync` keeps state")
@@ -80,9 +91,22 @@ class Settings(BaseSettings):
         None, gt=0, description="seconds without an image ending before `--wait` sends a run's "
         "unfinished tasks again (a worker killed at the wrong moment loses its message); "
         "unset: the visibility timeout plus 60 s")
+    worker_lease: float = Field(
+        20.0, ge=1, description="seconds a worker's lease in Redis lasts unless renewed (every "
+        "third of it, by a thread of each worker): a worker silent this long is dead to the "
+        "fleet, and the tasks it held go back to the queue")
+    reap_interval: float = Field(
+        5.0, gt=0, description="seconds between two sweeps of the fleet for the tasks of "
+        "dead workers and for lost messages (one sweep per interval, whoever makes it)")
     lock_ttl: float = Field(15.0, gt=0, description="seconds a crashed worker keeps a blob lock")
     lock_wait: float = Field(3600.0, gt=0, description="longest wait for another's blob upload")
-    run_ttl: int = Field(30 * 86400, ge=60, description="seconds a run's record is kept")
+    run_ttl: int = Field(
+        30 * 86400, ge=60, description="seconds a run's record is kept while it is not "
+        "finished (a longer wait since its last change means it was abandoned)")
+    finished_run_ttl: int = Field(
+        7 * 86400, ge=60, description="seconds a finished run's summary, failures and "
+        "successes are kept for `migrator status` and its reports, from when it finished; "
+        "the lists used only to send work again go at once")
     schedule_file: str | None = Field(None, description="YAML schedule read by celery beat")
 
     @field_validator("secret_key")
@@ -138,13 +162,9 @@ def default(name: str) -> Any:
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from `environ` (default: the process environment), `MIGRATOR_*` variables."""
-    if environ is None:
-        return Settings()
-    prefix = Settings.model_config["env_prefix"]
-    # Field names only, each value a string for pydantic to validate. `Any`, not `str`: mypy
-    # checks a `**dict[str, str]` against every keyword of BaseSettings.__init__, its
-    # `_env_file`-style options too, which no key here can be.
-    values: dict[str, Any] = {key[len(prefix):].lower(): value for key, value in environ.items()
-              if key.startswith(prefix) and key[len(prefix):].lower() in Settings.model_fields}
-    # Init values win over the process environment, so `environ` is the whole truth here.
-    return Settings(**values)
+    environ = os.environ if environ is None else environ
+    prefix = len(ENV_PREFIX)
+    # Field names only, each value a string for pydantic to validate.
+    values = {key[prefix:].lower(): value for key, value in environ.items()
+              if key.startswith(ENV_PREFIX) and key[prefix:].lower() in Settings.model_fields}
+    return Settings.model_validate(values)

@@ -170,6 +170,8 @@ class RedisThrottle:
     """The fleet's limits and pauses, shared by every worker through Redis.
 
         {prefix}pause:{registry}    JSON {until, reason}, expiring with the pause
+        {prefix}paused              ZSET registry → until: the registries that were paused, so
+                                    that a watcher lists pauses without scanning the key space
         {prefix}bucket:{registry}   HASH tokens, ts: the token bucket
         {prefix}slots:{registry}    ZSET of request leases: the concurrency semaphore
         {prefix}strikes:{registry}  429s without Retry-After in a row (expires after a minute)
@@ -224,8 +226,11 @@ class RedisThrottle:
         key = self._key("pause", registry)
         current = _decode_pause(self.redis.get(key))
         if current is None or current.until < until:
-            self.redis.set(key, json.dumps({"until": until, "reason": reason}),
-                           px=max(1, int(seconds * 1000)))
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, json.dumps({"until": until, "reason": reason}),
+                         px=max(1, int(seconds * 1000)))
+                pipe.zadd(self._paused_key, {registry: until})
+                pipe.execute()
         with self._lock:
             self._cache.pop(registry, None)
         log.warning("%s: pausing the fleet's requests for %.1f s (%s)", registry, seconds,
@@ -242,13 +247,24 @@ class RedisThrottle:
     def reset_backoff(self, registry: str) -> None:
         self.redis.delete(self._key("strikes", registry))
 
+    @property
+    def _paused_key(self) -> str:
+        return f"{self.prefix}paused"
+
     def pauses(self) -> dict[str, Pause]:
+        """The pauses in force. Read from the index of paused registries, not by a SCAN: a
+        watcher asks at every look, and a SCAN walks the whole key space (the ledger's keys
+        too), which made a large run's watching cost grow with the square of its tags."""
+        self.redis.zremrangebyscore(self._paused_key, "-inf", time.time())
+        registries = [text(name) for name in self.redis.zrange(self._paused_key, 0, -1)]
+        if not registries:
+            return {}
         found: dict[str, Pause] = {}
-        prefix = self._key("pause", "")
-        for key in self.redis.scan_iter(match=f"{prefix}*", count=100):
-            pause = _decode_pause(self.redis.get(key))
+        raw = self.redis.mget([self._key("pause", registry) for registry in registries])
+        for registry, value in zip(registries, raw, strict=True):
+            pause = _decode_pause(value)
             if pause is not None and pause.remaining > 0:
-                found[text(key)[len(prefix):]] = pause
+                found[registry] = pause
         return found
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,13 +48,18 @@ from migrator.runner import describe
 from migrator.runs import RunStore
 from migrator.settings import Settings, load_settings
 from migrator.throttle import RedisThrottle
-from workers import health
+from workers import health, reaper
 from workers.app import app
 from workers.schedule import START_TASK, Schedule
 
 log = logging.getLogger(__name__)
 RUN_AUTH_CACHE = 64
+# Seconds a worker trusts its last look that a run was not cancelled: a run of many small
+# images asks once a second rather than once per image (a cancel reaches every queued task
+# of the run within this; a cancelled answer is final and kept).
+CANCEL_LOOK_EVERY = 1.0
 health.install(app, load_settings())  # liveness heartbeat, metrics, bounded shutdown
+reaper.install(app, load_settings())  # the lease in Redis, and the sweep for dead workers' tasks
 
 
 class WorkerContext:
@@ -70,16 +76,33 @@ class WorkerContext:
         self.ledger = RedisLedger(self.redis, prefix=settings.redis_prefix,
                                   lock_ttl=settings.lock_ttl, lock_wait=settings.lock_wait,
                                   upload_ttl=settings.upload_session_ttl)
-        self.runs = RunStore(self.redis, prefix=settings.redis_prefix, ttl=settings.run_ttl)
+        self.runs = RunStore(self.redis, prefix=settings.redis_prefix, ttl=settings.run_ttl,
+                             finished_ttl=settings.finished_run_ttl)
         # Limits and pauses per registry are the fleet's, not this process's.
         self.pool = ClientPool(settings,
                                RedisThrottle(self.redis, prefix=settings.redis_prefix))
         self.blob_pool = ThreadPoolExecutor(settings.blob_parallelism * 8,
                                             thread_name_prefix="blob")
-        self.own_auth = (load_auth(settings.auth_file, environ=os.environ, required=True)
-                         if settings.auth_file else AuthFile(""))
+        # The worker's own file, if any, then its own Docker config (HOME, DOCKER_CONFIG).
+        self.own_auth = load_auth(settings.auth_file or None, environ=os.environ, required=True)
         self._clients: dict[str, Clients] = {}
+        self._not_cancelled: dict[str, float] = {}  # run id → when last seen not cancelled
         self._lock = threading.Lock()
+
+    def cancelled(self, run_id: str) -> bool:
+        """Whether `migrator cancel` stopped the run (see CANCEL_LOOK_EVERY)."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._not_cancelled.get(run_id)
+        if seen is not None and now - seen < CANCEL_LOOK_EVERY:
+            return False
+        if self.runs.cancelled(run_id):
+            return True
+        with self._lock:
+            if len(self._not_cancelled) >= RUN_AUTH_CACHE:
+                self._not_cancelled.pop(next(iter(self._not_cancelled)))
+            self._not_cancelled[run_id] = now
+        return False
 
     def clients(self, run_id: str) -> Clients:
         """The run's credentials over the worker's own file, read once per run."""
@@ -146,7 +169,7 @@ def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str =
     `CopyOptions` as task kwargs (platforms, referrers, immutable_tags, force)."""
     with self.retried(retries):
         ctx = context()
-        if ctx.runs.cancelled(run_id):  # `migrator cancel`: its queued tasks are dropped
+        if ctx.cancelled(run_id):  # `migrator cancel`: its queued tasks are dropped
             log.info("run %s cancelled: %s -> %s not copied", run_id, source, target)
             return
         job = job_from_args(source, target, rule)
@@ -154,15 +177,14 @@ def sync_image(self: RunTask, run_id: str, source: str, target: str, rule: str =
                             settings=ctx.settings, options=CopyOptions.from_task_kwargs(options),
                             blob_pool=ctx.blob_pool, on_bytes=health.progress(self.request.id))
         health.copied(result)
-        if not ctx.redis.exists(ctx.runs.key(run_id)):
-            # Redis lost the run (flushed, or restarted without its data): recording the copy
-            # would recreate a run of 0 images that looks finished and successful.
-            log.warning("run %s is no longer in Redis: %s copied, not recorded", run_id, job)
-            return
         if result.outcome == "skipped":  # left out by the platform filter: done, not a success
-            ctx.runs.skipped(run_id, f"{source} -> {target}", result.note)
+            recorded = ctx.runs.skipped(run_id, f"{source} -> {target}", result.note)
         else:
-            ctx.runs.succeeded(run_id, f"{source} -> {target}", result.bytes_copied)
+            recorded = ctx.runs.succeeded(run_id, f"{source} -> {target}", result.bytes_copied)
+        if not recorded:
+            # Redis lost the run (flushed, or restarted without its data): the ending is not
+            # recorded, lest it recreate a run of 0 images that looks finished and successful.
+            log.warning("run %s is no longer in Redis: %s copied, not recorded", run_id, job)
 
 
 @app.task(bind=True, base=RunTask, name=EXPAND_TASK)
@@ -172,7 +194,7 @@ def expand_rule(self: RunTask, run_id: str, rule: dict, retries: int = 3,
     are the run's `CopyOptions` as task kwargs, sent on with every `sync_image`."""
     with self.retried(retries):
         ctx = context()
-        if ctx.runs.cancelled(run_id):
+        if ctx.cancelled(run_id):
             log.info("run %s cancelled: rule %s not expanded", run_id, rule.get("rule"))
             return
         parsed = rule_from_args(rule)

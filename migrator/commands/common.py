@@ -7,13 +7,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Mapping
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from migrator.errors import ConfigError, InvalidReference
-from migrator.reference import parse_platforms
-from migrator.rules import regex_problem
-from migrator.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the library loads when a command runs, not to build the parser
+    from migrator.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run ended, some images or rules failed
@@ -30,6 +29,8 @@ def positive_int(text: str) -> int:
 
 
 def regex(text: str) -> str:
+    from migrator.rules import regex_problem
+
     problem = regex_problem("--immutable-tags", text)
     if problem:
         raise argparse.ArgumentTypeError(problem.split(": ", 1)[1])
@@ -37,6 +38,8 @@ def regex(text: str) -> str:
 
 
 def platform_list(text: str) -> frozenset[str]:
+    from migrator.reference import parse_platforms
+
     try:
         return parse_platforms(text)
     except InvalidReference as exc:
@@ -58,6 +61,10 @@ def non_negative_int(text: str) -> int:
 
 
 def settings_from(environ: Mapping[str, str]) -> Settings:
+    from pydantic import ValidationError
+
+    from migrator.settings import load_settings
+
     try:
         return load_settings(environ)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ from migrator.commands.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, set
 from migrator.commands.inputs import add_input_flags, load_inputs
 from migrator.commands.reports import add_report_flags, write_report, write_success_images
 from migrator.errors import ConfigError, RunVanished
+from migrator.failures import failure_lines
 from migrator.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def fleet_store(settings: Settings) -> RunStore:
     from migrator.runs import RunStore
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10)
-    return RunStore(client, prefix=settings.redis_prefix, ttl=settings.run_ttl)
+    return RunStore(client, prefix=settings.redis_prefix, ttl=settings.run_ttl,
+                    finished_ttl=settings.finished_run_ttl)
 
 
 def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -79,7 +81,8 @@ def run_enqueue(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                         retries=args.retries,
                         options=CopyOptions(platforms=args.platform, referrers=args.referrers,
                                             immutable_tags=args.immutable_tags,
-                                            force=args.force))
+                                            force=args.force,
+                                            foreign_layers=args.foreign_layers))
     print(started.run_id, flush=True)
     if not args.wait:
         return EXIT_OK
@@ -99,9 +102,10 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         for run in runs:
             state_word = ("cancelled" if run.cancelled else "" if run.finished
                           else "running")
+            resent = f", {len(run.resent)} re-sent" if run.resent else ""
             print(f"{run.run_id}  {run.name}  {run.done}/{run.total} images, "
                   f"{len(run.failed)} failed, {len(run.generate_failed)} generate failed"
-                  f"{f'  ({state_word})' if state_word else ''}")
+                  f"{resent}{f'  ({state_word})' if state_word else ''}")
         return EXIT_OK
     # One read: a second one could find the record gone (expired, flushed) after this check.
     state = store.state(args.run_id)
@@ -110,14 +114,35 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.wait:
         return watch_run(store, args.run_id, args, settings)
     if args.json:
-        print(json.dumps({**state.__dict__, "done": state.done, "finished": state.finished,
-                          "summary": state.line()}, indent=2))
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(state), "done": state.done, "finished": state.finished,
+                          "summary": state.line(), "held_by_dead_workers": held_by_dead(
+                              store, state)}, indent=2))
     else:
+        print_held_by_dead(held_by_dead(store, state))
         print_run(state)
     write_run_reports(store, state, args)
     if not state.finished:
         return EXIT_FAILED
     return EXIT_OK if state.ok else EXIT_FAILED
+
+
+def held_by_dead(store: RunStore, state: RunState) -> dict[str, str]:
+    """The run's tasks held by workers whose lease expired and that the reaper has not
+    handed back yet (job → worker): for about one `MIGRATOR_REAP_INTERVAL`."""
+    from migrator.leases import Leases
+
+    fleet = Leases(store.redis, prefix=store.prefix).read()
+    return {holding.job: name for name, holdings in sorted(fleet.dead.items())
+            for holding in holdings if holding.run_id == state.run_id and holding.job
+            and (holding.job not in state.resent or state.resent[holding.job].by != name)}
+
+
+def print_held_by_dead(held: dict[str, str]) -> None:
+    for job, worker in sorted(held.items()):
+        print(f"held by a dead worker: {job}: {worker} stopped renewing its lease; the "
+              "reaper sends it again at its next sweep", flush=True)
 
 
 def redis_place(settings: Settings) -> str:
@@ -198,9 +223,26 @@ def watch_run(store: RunStore, run_id: str, args: argparse.Namespace,
 
     stalled_after = (settings.resend_after if settings.resend_after is not None
                      else settings.visibility_timeout + 60)
+    from workers.reaper import Reaper
+
+    reaper = Reaper(app, settings, store.redis)
+
+    def sweep() -> None:
+        """The watcher reaps too: with every worker gone, the dead ones' tasks are back in
+        the queue for the next worker that starts."""
+        try:
+            swept = reaper.sweep()
+        except Exception as exc:  # noqa: BLE001 (Redis away: the next look says so)
+            reporter.phase(f"reaper: {type(exc).__name__}: {exc}")
+            return
+        if swept is not None and swept.restored:
+            holders = sorted({who for _, who in swept.restored if who}) or ["no live worker"]
+            reporter.phase(f"{len(swept.restored)} task(s) held by {', '.join(holders)} "
+                           "(lease expired) sent back to the queue")
+
     try:
         state = watch(store, run_id, on_state=show, timeout=args.timeout, resend=resend,
-                      stalled_after=stalled_after, on_resend=resent)
+                      stalled_after=stalled_after, on_resend=resent, sweep=sweep)
     except KeyboardInterrupt:
         reporter.close()
         print(f"stopped watching; run {run_id} goes on in the fleet: follow it with "
@@ -222,9 +264,22 @@ def watch_run(store: RunStore, run_id: str, args: argparse.Namespace,
     return EXIT_OK if state.ok else EXIT_FAILED
 
 
+RESENT_SHOWN = 20  # re-sent tasks listed one per line; the others counted
+
+
 def print_run(state: RunState) -> None:
-    for job, reason in sorted(state.failed.items()):
-        print(f"failed: {job}: {reason}", file=sys.stderr)
+    for n, (job, resent) in enumerate(sorted(state.resent.items(),
+                                             key=lambda item: (-item[1].at, item[0]))):
+        if n == RESENT_SHOWN:
+            print(f"re-sent: {len(state.resent) - RESENT_SHOWN} more tasks", flush=True)
+            break
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(resent.at))
+        times = f", {resent.times} times" if resent.times > 1 else ""
+        print(f"re-sent: {job}: {resent.reason}; back in the queue at {when}{times}",
+              flush=True)
+    for line in failure_lines(dict(sorted(state.failed.items())),
+                              lambda job: job.partition(" -> ")[2]):
+        print(line, file=sys.stderr)  # a namespace's images on one line (migrator/failures.py)
     for rule, reason in sorted(state.generate_failed.items()):
         print(f"generate failed: {rule}: {reason}", file=sys.stderr)
     if state.cancelled:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 
-from migrator.auth import SECRET_FIELDS, AuthFile, load_auth, parse_auth
+from pydantic import SecretStr
+
+from migrator.auth import SECRET_FIELDS, AuthFile, load_auth, parse_auth, secret_problem
 from migrator.commands.common import non_negative_int, platform_list, regex, settings_from
 from migrator.errors import ConfigError, InvalidReference
 from migrator.reference import combine_platforms, os_arch_platforms
+from migrator.registry.credentials import RegistryAuth
 from migrator.rules import Rule, load_rules, parse_rules, resolve_defaults
 from migrator.settings import Settings
 
@@ -28,6 +32,11 @@ def add_file_flags(parser: argparse.ArgumentParser) -> None:
                         help="one source image instead of an images file (with --dst)")
     parser.add_argument("--dst", metavar="REF", default="",
                         help="its target (empty: --registry/--namespace, as in rule 8)")
+    parser.add_argument("--src-insecure", action="store_true",
+                        help="--src's registry speaks plain HTTP or has a certificate that "
+                             "cannot be verified (auth.json's insecure: true)")
+    parser.add_argument("--dst-insecure", action="store_true",
+                        help="the same for --dst's registry")
     parser.add_argument("--registry", metavar="HOST",
                         help="default target registry for empty targets ($DEFAULT_REGISTRY)")
     parser.add_argument("--namespace", metavar="NS",
@@ -60,6 +69,11 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
                              "(blobs present are still skipped)")
     parser.add_argument("--no-referrers", dest="referrers", action="store_false",
                         help="do not copy the signatures, SBOMs and attestations of images")
+    parser.add_argument("--include-foreign-layers", dest="foreign_layers",
+                        action="store_true",
+                        help="copy foreign / non-distributable layers (Windows base layers) "
+                             "from the source registry too; by default they are left where "
+                             "their URLs point, as skopeo and crane do")
     parser.add_argument("--immutable-tags", type=regex, metavar="REGEX",
                         help="tags (full match) that never change once synced: those the "
                              "record holds are skipped without a request (rules may set "
@@ -109,12 +123,19 @@ def load_inputs(
             rules = parse_rules({args.src: args.dst}, filename="--src/--dst",
                                 default_registry=registry, default_namespace=namespace,
                                 allow_catalog=args.allow_catalog)
+            if auth is not None and rules:
+                auth = _one_image_auth(auth, rules[0], args, environ)
         elif args.dst:
             raise ConfigError("--dst: give the source image with --src")
+        elif args.src_insecure or args.dst_insecure:
+            raise ConfigError("--src-insecure/--dst-insecure: they apply to --src and --dst; "
+                              "in a rules file, set insecure: true in the auth file")
         else:
             rules = load_rules(args.images or "images.json", default_registry=registry,
                                default_namespace=namespace, allow_catalog=args.allow_catalog)
+        rules_read = not args.config or images_data is not None
     except ConfigError as exc:
+        rules_read = False
         problems.extend(exc.problems)
     if hasattr(args, "platform"):
         try:
@@ -122,10 +143,73 @@ def load_inputs(
                                               os_arch_platforms(args.os, args.arch))
         except InvalidReference as exc:
             problems.append(f"--platform/--os/--arch: {exc}")
+    if auth is not None and auth.unresolved:
+        if rules_read:
+            problems.extend(_unresolved_credentials(auth, rules))
+        else:  # which entries the rules use is unknown: each may be needed
+            problems.extend(p for found in auth.unresolved.values() for p in found)
     if problems:
         raise ConfigError(problems)
     assert settings is not None and auth is not None
     return settings, auth, rules
+
+
+# Credentials of --src/--dst without an auth file, as CI passes secrets: never on the command
+# line, where every user of the machine can read them.
+ONE_IMAGE_CREDENTIALS = {"src": ("MIGRATOR_SRC_USERNAME", "MIGRATOR_SRC_PASSWORD"),
+                         "dst": ("MIGRATOR_DST_USERNAME", "MIGRATOR_DST_PASSWORD")}
+
+
+def _one_image_auth(auth: AuthFile, rule: Rule, args: argparse.Namespace,
+                    environ: Mapping[str, str]) -> AuthFile:
+    """The auth file with --src's and --dst's own settings: --src-insecure/--dst-insecure and
+    the MIGRATOR_SRC_*/MIGRATOR_DST_* credentials win over its entries for their image."""
+    problems = []
+    for side, reference in (("src", rule.source), ("dst", rule.target)):
+        update: dict[str, object] = {}
+        if getattr(args, f"{side}_insecure"):
+            update["insecure"] = True
+        user_variable, password_variable = ONE_IMAGE_CREDENTIALS[side]
+        username, password = environ.get(user_variable), environ.get(password_variable)
+        if username or password:
+            if not (username and password):
+                problems.append(f"{user_variable} and {password_variable}: set both, or "
+                                "neither for the auth file's credentials")
+                continue
+            for variable, name, value in ((user_variable, "username", username),
+                                          (password_variable, "password", password)):
+                problem = secret_problem(name, value)
+                if problem is not None:
+                    problems.append(f"{variable}: {problem}")
+            update.update(username=username, password=SecretStr(password))
+        if not update:
+            continue
+        try:
+            entry = auth.lookup(reference.registry, reference.repository)
+        except ConfigError:
+            if "username" not in update:
+                continue  # the entry's unset variable is reported with the rules that use it
+            entry = RegistryAuth()  # these credentials replace the unresolved ones
+        auth = auth.with_entry(reference.registry, reference.repository,
+                               entry.model_copy(update=update))
+    if problems:
+        raise ConfigError(problems)
+    return auth
+
+
+def _unresolved_credentials(auth: AuthFile, rules: list[Rule]) -> list[str]:
+    """The problems of auth entries whose environment variable is unset and that a rule uses;
+    the entries no rule uses are only mentioned, on stderr."""
+    used: dict[str, None] = {}
+    for rule in rules:
+        for reference in (rule.source, rule.target):
+            used.update(dict.fromkeys(auth.unresolved_for(reference.registry,
+                                                          reference.repository)))
+    for problems in auth.unresolved.values():
+        if not used.keys() & set(problems):
+            print(f"warning: {problems[0]}: no rule uses this entry, so it is left out",
+                  file=sys.stderr)
+    return list(used)
 
 
 def _read_config(path: str) -> tuple[object, object, list[str]]:

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from migrator import __version__
-from migrator.commands import config, fleet, sync
 from migrator.commands.common import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -31,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"migrator {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from migrator.commands import config, fleet, sync
+
     sync.add_parsers(commands)
     fleet.add_parsers(commands)
     config.add_config_parser(commands)
@@ -55,8 +56,12 @@ def compatible_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if list(argv) == ["--version"]:  # before the parser, whose commands import the library
+        print(f"migrator {__version__}")
+        return 0
     parser = build_parser()
-    args = parser.parse_args(compatible_argv(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(compatible_argv(argv))
     environ = os.environ if environ is None else environ
     try:
         return args.handler(args, environ)

@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sqlite3
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from migrator.commands.common import EXIT_FAILED, EXIT_OK, positive_int, setup_logging
+from migrator.commands.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    positive_int,
+    setup_logging,
+)
 from migrator.commands.inputs import add_file_flags, add_input_flags, load_inputs
 from migrator.commands.reports import add_report_flags, write_report, write_success_images
 from migrator.errors import ConfigError
+from migrator.failures import failure_lines
 from migrator.ledger import Ledger, MemoryLedger, SQLiteLedger
 from migrator.rules import Rule
 from migrator.settings import Settings
 
 if TYPE_CHECKING:
-    from migrator.runner import Summary
+    from migrator.progress import ConsoleReporter
+    from migrator.runner import EmbeddedRunner, Summary
 
 log = logging.getLogger("migrator")
 
@@ -108,21 +120,27 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise ConfigError(f"--state: cannot open the digest record: {exc}") from None
     options = CopyOptions(dry_run=args.dry_run, platforms=args.platform,
                           referrers=args.referrers, immutable_tags=args.immutable_tags,
-                          force=args.force)
+                          force=args.force, foreign_layers=args.foreign_layers)
     runner = EmbeddedRunner(auth=auth, ledger=ledger, settings=settings, reporter=reporter,
                             workers=args.workers, retries=args.retries, options=options)
     try:
-        summary = runner.run(rules)
+        with drained_on_interrupt(runner, reporter):
+            summary = runner.run(rules)
     finally:
         reporter.close()
         ledger.close()
-    for job, reason in summary.failed.items():
-        print(f"failed: {job}: {reason}", file=sys.stderr)
+    for line in failure_lines({job: reason for job, reason in summary.failed.items()
+                               if job not in summary.not_started}, lambda job: str(job.target)):
+        print(line, file=sys.stderr)
     for rule, reason in summary.generate_failed.items():
         print(f"generate failed: {rule.origin}: {reason}", file=sys.stderr)
     for result in summary.results + summary.skipped:
         if result.note:
             print(f"note: {result.job}: {result.note}", file=sys.stderr)
+    if summary.interrupted:  # one line for them all, above the summary that stays last
+        listed = f" (listed in {args.output_failed})" if args.output_failed else ""
+        print(f"interrupted: {len(summary.not_started)} images not started{listed}; the same "
+              "command continues where this run stopped", file=sys.stderr, flush=True)
     if args.dry_run:
         print_plan(summary)
     else:
@@ -135,7 +153,37 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(summary.line(), flush=True)
         if args.log:  # on the terminal, the printed line says it once
             log.info(summary.line())
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+@contextmanager
+def drained_on_interrupt(runner: EmbeddedRunner, reporter: ConsoleReporter) -> Iterator[None]:
+    """Ctrl-C while the runner runs: the first lets the copies in flight finish and starts
+    nothing new (the run then ends as usual, its reports written); the second stops at once.
+    A copy stopped half-way leaves nothing a later run would trust: its manifest is written
+    last, and an unfinished upload is never used."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if runner.interrupted:
+            reporter.close()  # the cursor and the bar's lines back to normal
+            print("stopped: copies in flight abandoned; the same command copies them again",
+                  file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_INTERRUPTED)  # the copying threads cannot be stopped otherwise
+        running = runner.interrupt()
+        reporter.say(f"interrupted: finishing {running} "
+                     f"cop{'y' if running == 1 else 'ies'} in flight; Ctrl-C again to stop now")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def print_plan(summary: Summary) -> None:

@@ -14,7 +14,15 @@ from concurrent.futures import Executor, Future
 from typing import Literal
 
 from migrator.chunked import upload_chunked
-from migrator.errors import AuthError, DigestMismatch, RegistryError, RetryableError
+from migrator.errors import (
+    AuthError,
+    DigestMismatch,
+    NamespaceMissing,
+    RegistryError,
+    RegistryUnreachable,
+    RetryableError,
+    UploadChunkRefused,
+)
 from migrator.ledger import Ledger
 from migrator.registry.client import RegistryClient, retrying
 from migrator.registry.manifest import Descriptor
@@ -87,11 +95,11 @@ class BlobCopy:
                 sources.insert(0, self.src_repo)
             upload_url = None
             if sources:
-                upload_url = self.dst.mount_blob(self.dst_repo, digest, sources[0])
-                if upload_url is None:
+                mounted, upload_url = self._mount(digest, sources[0])
+                if mounted:
                     self.ledger.add_blob(registry, digest, self.dst_repo)
                     return "mounted"
-            else:
+            if upload_url is None:  # no source to mount from, or the mount was refused
                 present, upload_url = self._probe(digest)
                 if present:
                     self.ledger.add_blob(registry, digest, self.dst_repo)
@@ -100,10 +108,28 @@ class BlobCopy:
             self.ledger.add_blob(registry, digest, self.dst_repo)
             return "copied"
 
+    def _mount(self, digest: str, source: str) -> tuple[bool, str | None]:
+        """(mounted, the upload session the mount opened instead). A refused mount is no
+        failure: Harbor answers 401 "project X not found" for a source project it lacks,
+        Docker Hub 401 without pull rights on the source; the blob is uploaded instead. A
+        registry known to grant one scope per token is not asked."""
+        if not self.dst.mounts_across:
+            return False, None
+        try:
+            upload_url = self.dst.mount_blob(self.dst_repo, digest, source)
+        except (RegistryError, AuthError) as exc:
+            if isinstance(exc, RetryableError | RegistryUnreachable) or getattr(
+                    exc, "namespace", None):
+                raise
+            log.info("%s/%s: mount of %s from %s refused (%s); uploading it instead",
+                     self.dst.registry, self.dst_repo, digest, source, exc)
+            return False, None
+        return upload_url is None, upload_url
+
     def _plan(self, blob: Descriptor) -> BlobOutcome:
         """What `copy_one` would do, found out with reads only (a HEAD, never a mount)."""
         holders = self.ledger.blob_repositories(self.dst.registry, blob.digest) - {self.dst_repo}
-        if self.dst.blob_exists(self.dst_repo, blob.digest):
+        if self.dst.blob_exists(self.dst_repo, blob.digest, target=True):
             return "skipped"
         if holders or (self.src.registry == self.dst.registry
                        and self.src_repo != self.dst_repo):
@@ -122,19 +148,27 @@ class BlobCopy:
                 upload_url = self.dst.mount_blob(self.dst_repo, digest, self.dst_repo)
                 return upload_url is None, upload_url
             except (RegistryError, AuthError) as exc:
-                if isinstance(exc, RetryableError):
+                if isinstance(exc, RetryableError | NamespaceMissing):
                     raise
                 log.debug("mount probe refused (%s); using HEAD", exc)
-        return self.dst.blob_exists(self.dst_repo, digest), None
+        return self.dst.blob_exists(self.dst_repo, digest, target=True), None
 
     def _upload(self, blob: Descriptor, upload_url: str | None) -> None:
         """Stream one blob source → target; a fresh upload session on every try. A large
-        blob goes up in chunks that a later try, or another worker, resumes."""
-        if blob.size > self.settings.chunked_upload_threshold:
-            upload_chunked(src=self.src, src_repo=self.src_repo, dst=self.dst,
-                           dst_repo=self.dst_repo, blob=blob, ledger=self.ledger,
-                           settings=self.settings, fresh_url=upload_url, on_bytes=self.on_bytes)
-            return
+        blob goes up in chunks that a later try, or another worker, resumes. One of unknown
+        size (a schema1 layer whose source would not tell) goes up in one PUT."""
+        if blob.size >= 0 and self.dst.uploads.chunked(blob.size,
+                                                       self.settings.chunked_upload_threshold):
+            try:
+                upload_chunked(src=self.src, src_repo=self.src_repo, dst=self.dst,
+                               dst_repo=self.dst_repo, blob=blob, ledger=self.ledger,
+                               settings=self.settings, fresh_url=upload_url,
+                               on_bytes=self.on_bytes)
+                return
+            except UploadChunkRefused:
+                if not self.dst.uploads.chunks_refused:
+                    raise
+                upload_url = None  # no PATCH here: one monolithic PUT from now on
         for attempt in retrying(self.settings, self.settings.blob_attempts):
             with attempt:
                 url = upload_url or self.dst.start_upload(self.dst_repo)

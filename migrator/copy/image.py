@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import zlib
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from migrator.copy.blobs import BlobCopy, ByteCounter
@@ -199,12 +200,24 @@ class _ImageCopy:
     def run(self) -> CopyResult:
         job = self.job
         force = self.options.force
+        if self.options.dry_run:
+            # What a push would meet and a plan should say first: a target repository,
+            # project or namespace that does not exist and that no push creates.
+            missing = self.dst.target_missing(self.dst_repo)
+            if missing is not None:
+                raise missing
         manifest: Manifest | None = None
+        # A tag's record is named without the source digest: read once, before the source
+        # is asked, and used again below (one Redis round trip per copy, not two).
+        tag_record: ManifestRecord | None = None
         if job.source.digest:
             source_digest = job.source.digest
-        elif force or self.ledger.manifest(target_key(job, "", self.platforms)) is None:
+        elif force or ((tag_record := self.ledger.manifest(target_key(job, "", self.platforms)))
+                       is None and not self.src.counts_pulls):
             # Nothing on record (or force): the manifest will most likely be needed, and one
             # GET gives both its digest and its bytes where a HEAD and a GET would be two.
+            # Not where a GET costs a pull of a quota and a HEAD does not (Docker Hub): there
+            # the HEADs of source and target come first, and a GET only if they differ.
             manifest = self.src.get_manifest(self.src_repo, job.source.manifest_ref)
             source_digest = manifest.digest
         else:
@@ -216,11 +229,13 @@ class _ImageCopy:
         target_ref = job.target.tag or source_digest
         key = target_key(job, source_digest, self.platforms)
 
-        record = self.ledger.manifest(key)
         # Under force the record vouches for nothing: the manifests are PUT whatever it says.
+        record = None if force else (tag_record if job.target.tag and not job.source.digest
+                                     else self.ledger.manifest(key))
         vouched = not force and record is not None and record.source_digest == source_digest
         # `vouched` implies a record; the test again is for mypy, which cannot tell.
-        if vouched and record is not None and self.settings.trust_ledger:
+        if vouched and record is not None and (self.settings.trust_ledger
+                                               or self._vouched_enough(target_ref, key)):
             return self._up_to_date(record.target_digest)
         # What the target tag must point at: the source's manifest, or its filtered index.
         expected = {record.target_digest} if vouched and record else {source_digest}
@@ -236,7 +251,7 @@ class _ImageCopy:
                     return self._skipped(other)
         head = None
         if not force and (record is not None or not self._absent_at_target(target_ref)):
-            head = self.dst.head_manifest(self.dst_repo, target_ref)
+            head = self.dst.head_manifest(self.dst_repo, target_ref, target=True)
         if head is not None and head[0] in expected | {source_digest}:
             self.ledger.record_manifest(key, ManifestRecord(source_digest, head[0]))
             return self._up_to_date(head[0])
@@ -264,6 +279,20 @@ class _ImageCopy:
                  self.result.blobs_copied, self.result.blobs_mounted, self.result.blobs_skipped,
                  self.result.bytes_copied)
         return self.result
+
+    def _vouched_enough(self, reference: str, key: str) -> bool:
+        """Whether a re-run may take the record's word for a target tag without a HEAD
+        (docs/reruns.md): this is not one of the runs that check it (one in
+        `verify_target_every`, by a hash of its name and the record's run count, so that
+        each run checks its share of the tags and each tag is checked that often), and the
+        target's tag list, read once per repository, still has it."""
+        every = self.settings.verify_target_every
+        if every <= 1 or not self.job.target.tag or not self.settings.target_tag_list:
+            return False
+        if zlib.crc32(key.encode()) % every == self.ledger.run_number() % every:
+            return False  # this run's turn to check the tag
+        listed = self.dst.known_tags(self.dst_repo, max_age=self.settings.tag_list_ttl)
+        return listed is not None and reference in listed
 
     def _absent_at_target(self, reference: str) -> bool:
         """Whether the target repository's tag list (one request per repository, shared by its
@@ -307,7 +336,10 @@ class _ImageCopy:
         """The platform a single-platform image's config names when the filter does not
         want it, else "". Only an image config names one: an artifact (a signature, a Helm
         chart), a config without os/architecture, or one too large to be a config, is
-        copied as before."""
+        copied as before. A schema1 manifest has no config and names its platform itself."""
+        if manifest.platform:
+            return "" if platform_matches(manifest.platform, self.platforms) \
+                else manifest.platform
         config = manifest.config
         if config is None or config.media_type not in IMAGE_CONFIG_TYPES:
             return ""
@@ -336,7 +368,7 @@ class _ImageCopy:
     def _copy_manifest_content(self, manifest: Manifest, depth: int) -> None:
         """Everything a manifest references, so that it can be PUT next."""
         if not manifest.is_index:
-            self._copy_blobs(manifest.blobs)
+            self._copy_blobs(self._blobs_of(manifest))
             return
         if depth >= MAX_INDEX_DEPTH:
             raise RegistryError(f"{self.job.source}: indexes nested deeper than {depth} levels")
@@ -346,12 +378,13 @@ class _ImageCopy:
         for child in manifest.children:
             if child.digest == manifest.digest:
                 raise RegistryError(f"{self.job.source}: an index that lists itself")
-            if ask and self.dst.head_manifest(self.dst_repo, child.digest) is not None:
+            if ask and self.dst.head_manifest(self.dst_repo, child.digest,
+                                              target=True) is not None:
                 continue
             missing.append((child, self.src.get_manifest(self.src_repo, child.digest)))
         # The blobs of every platform at once, not one platform after the other.
-        self._copy_blobs(tuple(blob for _, child_manifest in missing
-                               if not child_manifest.is_index for blob in child_manifest.blobs))
+        self._copy_blobs(tuple(blob for _, child_manifest in missing if not child_manifest.is_index
+                               for blob in self._blobs_of(child_manifest)))
         for child, child_manifest in missing:
             if child_manifest.is_index:
                 self._copy_manifest_content(child_manifest, depth + 1)
@@ -366,13 +399,30 @@ class _ImageCopy:
                 raise
             # The ledger said the target had blobs it has not (invariant 1): forget, copy again.
             log.warning("%s: target lacks blobs the ledger listed; copying them again", self.job)
+            blobs = self._blobs_of(manifest)
             self.ledger.forget_blobs(self.dst.registry, self.dst_repo,
-                                     [blob.digest for blob in manifest.blobs])
-            self._copy_blobs(manifest.blobs)
+                                     [blob.digest for blob in blobs])
+            self._copy_blobs(blobs)
             return self.dst.put_manifest(self.dst_repo, reference, manifest)
 
+    def _blobs_of(self, manifest: Manifest) -> tuple[Descriptor, ...]:
+        """The blobs an image's manifest needs at the target: its foreign layers only when
+        asked (`foreign_layers`); otherwise they stay where their `urls` point."""
+        return manifest.blobs + manifest.foreign if self.options.foreign_layers \
+            else manifest.blobs
+
     def _copy_blobs(self, blobs: tuple[Descriptor, ...]) -> None:
-        for blob, outcome in self.blobs.copy(blobs):
-            self.result.count(outcome, blob.size)
+        for blob, outcome in self.blobs.copy(self._sized(blobs)):
+            self.result.count(outcome, max(blob.size, 0))
             if outcome == "copied" and self.options.dry_run:
-                self.result.new_blobs[blob.digest] = blob.size
+                self.result.new_blobs[blob.digest] = max(blob.size, 0)
+
+    def _sized(self, blobs: tuple[Descriptor, ...]) -> tuple[Descriptor, ...]:
+        """The blobs with their sizes: a schema1 manifest names none, so the source is asked
+        (a HEAD each) for what the upload strategy, the plan and the byte counts need. A size
+        the source will not tell (a HEAD redirected to storage) stays unknown: the upload
+        then takes the download's Content-Length."""
+        if all(blob.size >= 0 for blob in blobs):
+            return blobs
+        return tuple(blob if blob.size >= 0 else replace(
+            blob, size=self.src.blob_size(self.src_repo, blob.digest) or -1) for blob in blobs)

@@ -9,7 +9,7 @@ from typing import Any
 
 from migrator.rules import Job
 
-TASK_KEYS = frozenset({"platforms", "referrers", "immutable_tags", "force"})
+TASK_KEYS = frozenset({"platforms", "referrers", "immutable_tags", "force", "foreign_layers"})
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,9 @@ class CopyOptions:
     keep only these children of an index, skip a single-platform image of another platform.
     `referrers`: copy the signatures, SBOMs and attestations of an image with it.
     `immutable_tags` (a regex, full match): tags that never change once synced. `force`: PUT
-    every manifest again, whatever the target or the ledger says.
+    every manifest again, whatever the target or the ledger says. `foreign_layers`: copy the
+    foreign / non-distributable layers of images (Windows base layers) from the source
+    registry too; by default they are left where their `urls` point, as skopeo and crane do.
     """
 
     dry_run: bool = False
@@ -29,6 +31,7 @@ class CopyOptions:
     referrers: bool = True
     immutable_tags: str | None = None
     force: bool = False
+    foreign_layers: bool = False
 
     def for_job(self, job: Job) -> CopyOptions:
         """These options with the job's own (its rule's) platforms and immutable tags, which
@@ -51,6 +54,8 @@ class CopyOptions:
             kwargs["immutable_tags"] = self.immutable_tags
         if self.force:
             kwargs["force"] = True
+        if self.foreign_layers:
+            kwargs["foreign_layers"] = True
         return kwargs
 
     @classmethod
@@ -66,5 +71,6 @@ class CopyOptions:
                    referrers=bool(kwargs.get("referrers", True)),
                    immutable_tags=str(kwargs["immutable_tags"]) if kwargs.get("immutable_tags")
                    else None,
-                   force=bool(kwargs.get("force", False)))
+                   force=bool(kwargs.get("force", False)),
+                   foreign_layers=bool(kwargs.get("foreign_layers", False)))
 

@@ -259,7 +259,8 @@ SCRIPT = r"""
       bar(run), numbers, transfer,
       run.summary ? el("p", {class: "summary"}, run.summary) : null,
       causes(run, run.failures, "Failed images by cause", "images"),
-      causes(run, run.generate_failures, "Rules whose tags could not be listed", "rules"));
+      causes(run, run.generate_failures, "Rules whose tags could not be listed", "rules"),
+      causes(run, run.recovery || [], "Tasks of workers that died", "recovery"));
   }
 
   function scheduleRow(entry) {

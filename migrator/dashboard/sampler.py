@@ -19,12 +19,14 @@ import redis
 
 from migrator.dashboard.causes import group
 from migrator.dashboard.reading import newest_run_ids, schedule_names, schedule_runs
-from migrator.runs import RunState, RunStore
+from migrator.leases import Leases
+from migrator.runs import Resent, RunState, RunStore
 
 RATE_WINDOW = 30.0  # seconds of samples behind "now" in the current throughput
 ETA_WINDOW = 300.0  # seconds of samples behind the image rate that gives the ETA
 STALLED_AFTER = 60.0  # seconds of watching with no image ended before the ETA is withdrawn
 SCHEDULE_SCAN_EVERY = 60.0  # seconds between two SCANs for schedule names (see reading.py)
+RESENT_SHOWN = 100  # re-sent tasks listed per run (newest first); the others counted
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Sampler:
                  runs: int = 20, window: float = 900.0, per_cause: int = 100) -> None:
         self.client = client
         self.store = RunStore(client, prefix=prefix)  # its read methods only
+        self.leases = Leases(client, prefix=prefix)  # read only
+        self.dead: dict[str, list[tuple[str, str]]] = {}  # run → (job, dead worker)
         self.prefix = prefix
         self.interval = interval
         self.count = runs
@@ -86,6 +90,11 @@ class Sampler:
         states: dict[str, RunState | None] = {}
         self.in_use = set()
         listed = newest_run_ids(self.client, self.prefix, self.count)
+        self.dead = {}
+        for worker, holdings in self.leases.read().dead.items():
+            for holding in holdings:
+                if holding.run_id and holding.job:
+                    self.dead.setdefault(holding.run_id, []).append((holding.job, worker))
         runs = []
         for run_id in listed:
             try:
@@ -119,6 +128,8 @@ class Sampler:
             "summary": state.line() if state.finished else "",
             "failures": self._causes(state.failed, jobs=True),
             "generate_failures": self._causes(state.generate_failed, jobs=False),
+            "resent": len(state.resent),
+            "recovery": _recovery(state.resent, self.dead.get(state.run_id, [])),
         }
 
     def _causes(self, failed: dict[str, str], *, jobs: bool) -> list[dict[str, Any]]:
@@ -156,6 +167,26 @@ class Sampler:
                 "done": state.done if state else None, "total": state.total if state else None,
             })
         return found
+
+
+def _recovery(resent: dict[str, Resent], held: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The run's tasks held by dead workers and those sent again, grouped like failures:
+    by worker (newest re-send first), each task with when it went back to the queue."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for job, worker in sorted(held):
+        if job in resent and resent[job].by == worker:
+            continue  # handed back already; the same message is now another worker's
+        cause = f"held by {worker}, whose lease expired: sent again at the reaper's next sweep"
+        groups.setdefault(cause, []).append({"name": job, "reason": "not back in the queue yet"})
+    newest = sorted(resent.items(), key=lambda item: (-item[1].at, item[0]))
+    for job, entry in newest:
+        cause = f"sent again: {entry.reason}"
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(entry.at))
+        times = f" ({entry.times} times)" if entry.times > 1 else ""
+        groups.setdefault(cause, []).append({"name": job, "reason": f"back in the queue at "
+                                                                   f"{at}{times}"})
+    return [{"cause": cause, "count": len(items), "items": items[:RESENT_SHOWN],
+             "more": max(0, len(items) - RESENT_SHOWN)} for cause, items in groups.items()]
 
 
 def _status(state: RunState) -> str:

@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import yaml
-
 from migrator.documents import quote
 from migrator.errors import ConfigError
 
@@ -65,7 +63,7 @@ def find_kubeconfig(
 
 
 # A kubeconfig is user input read by another library: any of these means "cannot use it".
-_KUBECONFIG_ERRORS = (yaml.YAMLError, OSError, KeyError, TypeError, AttributeError, ValueError)
+_KUBECONFIG_ERRORS = (OSError, KeyError, TypeError, AttributeError, ValueError)
 
 
 def connect(
@@ -76,6 +74,7 @@ def connect(
     service_account_dir: str = SERVICE_ACCOUNT_DIR,
 ) -> Connection:
     """An ApiClient for the chosen kubeconfig and context, or for the pod's service account."""
+    import yaml
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -109,7 +108,7 @@ def connect(
         # persist_config=False: a read-only command never rewrites the user's kubeconfig.
         api_client = config.new_client_from_config(
             config_file=path, context=chosen, persist_config=False)
-    except (ConfigException, *_KUBECONFIG_ERRORS) as exc:
+    except (ConfigException, yaml.YAMLError, *_KUBECONFIG_ERRORS) as exc:
         raise ConfigError(f"kubeconfig {path}, context {quote(chosen)}: {_one_line(exc)}"
                           ) from None
     return Connection(api_client, f"context {quote(chosen)} of {path}")
@@ -122,6 +121,8 @@ def _one_line(exc: BaseException) -> str:
 def kubeconfig_contexts(path: str) -> tuple[list[str], str | None]:
     """The context names of a kubeconfig (several files joined by os.pathsep, merged as
     kubectl merges them: the first file to name a context or a current-context wins)."""
+    import yaml  # PyYAML loads only for `migrator config`, not for every command
+
     names: list[str] = []
     current: str | None = None
     for name in path.split(os.pathsep):

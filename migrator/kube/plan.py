@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from migrator.documents import SCHEME, load_document, quote
 from migrator.errors import ConfigError, InvalidReference
 from migrator.kube.scan import WORKLOADS, ScanResult, Sighting
@@ -305,6 +303,8 @@ def is_yaml(path: str) -> bool:
 def render(rules: Mapping[str, Any], *, as_yaml: bool) -> str:
     """The images file: keys sorted, 2-space indent, trailing newline."""
     if as_yaml:
+        import yaml  # PyYAML loads only when a YAML file is written
+
         return yaml.safe_dump(dict(rules), sort_keys=True, default_flow_style=False, indent=2,
                               allow_unicode=True, width=1 << 16)
     return json.dumps(rules, sort_keys=True, indent=2, ensure_ascii=False) + "\n"

@@ -184,13 +184,11 @@ def test_rerun_writes_nothing_and_redis_flush_stays_correct(fleet, source_regist
     at_source = source_registry.requests(src_mark)
     heads = [r for r in at_source if r[0] == "HEAD"]
     assert len(heads) == 7 and len(at_source) == 7 + 1  # + the tag list of the tagless rule
-    # The tagless rule's expansion asked about its 3 tags itself: no task was sent for them.
+    # The tagless rule's expansion asked about its 3 tags itself: no task was sent for them,
+    # only the producer's 4 (the rules that name their tags) and 1 expansion. (A finished
+    # run keeps how many tasks it sent, not their messages.)
     run_id = out.splitlines()[0].strip()
-    sent = {key.decode() for key in fleet.redis.hkeys(f"migrator:run:{run_id}:tasks")}
-    assert not [key for key in sent if "/copy/app0:" in key], sent
-    images = sorted(key.split("/", 1)[1] for key in sent if key.startswith(source_registry.host))
-    assert [key.split(" ")[0] for key in images] == [  # the rules that name their tags
-        "ns/app1:v0", "ns/app1:v1", "ns/app1:v2", "ns/multi:1.0"]
+    assert int(fleet.redis.hget(f"migrator:run:{run_id}", "sent")) == 4 + 1
 
     fleet.redis.flushdb()  # the record is lost: the registries are still the truth
     dst_mark = target_registry.mark()

@@ -353,3 +353,32 @@ def test_a_watcher_wakes_when_the_last_job_ends_not_at_its_next_poll(store) -> N
     assert state.finished and state.succeeded == 1 and list(state.failed) == ["c -> d"]
     assert time.monotonic() - started < 30
     store.flushdb()
+
+
+def test_the_watcher_lists_pauses_without_walking_the_key_space(store) -> None:
+    """`enqueue --wait` asks for the fleet's pauses at every look: with a large run's ledger
+    in the same database, a SCAN per look made watching cost grow with the square of the
+    tags. The pauses come from their own index, and an ended pause leaves it."""
+    from migrator.throttle import RedisThrottle
+
+    store.mset({f"migrator:blob:r.example/{n}": b"x" for n in range(5000)})
+    throttle = RedisThrottle(store, prefix="migrator:")
+    throttle.pause("quay.io", 30, "HTTP 429 Retry-After")
+    throttle.pause("ghcr.io", 0.3, "quota")
+    commands: list[str] = []
+    original = store.execute_command
+
+    def counted(*args, **kwargs):
+        commands.append(str(args[0]).upper())
+        return original(*args, **kwargs)
+
+    store.execute_command = counted
+    try:
+        assert sorted(throttle.pauses()) == ["ghcr.io", "quay.io"]
+        time.sleep(0.4)
+        (pause,) = throttle.pauses().items()
+    finally:
+        del store.execute_command
+    assert pause[0] == "quay.io" and pause[1].reason == "HTTP 429 Retry-After"
+    assert "SCAN" not in commands and len(commands) <= 6, commands
+    assert store.zrange("migrator:paused", 0, -1) == [b"quay.io"]

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 from tests.support.images import make_layer, push_image
 from tests.support.proxy import BLOB
@@ -175,3 +177,80 @@ def test_with_a_log_file_the_terminal_shows_no_records(pane, tmp_path, slow_sour
     for ref in MISSING:
         assert log.count(f"ERROR failed {slow_source.host}/{ref} -> ") == 1, log
     assert log.count(f"INFO {SUMMARY}") == 1, log
+
+
+INTERRUPTED = re.compile(r"^interrupted: finishing (\d) cop(?:y|ies) in flight; Ctrl-C again "
+                         r"to stop now$")
+
+
+def interrupt_when_copying(pane: Pane, tmp_path: Path, source_host: str, target_host: str,
+                           presses: int) -> float:
+    """Start `sync` (trapping INT in the pane's shell, so only migrator reacts), press Ctrl-C
+    `presses` times once two copies run; the seconds from the first press to the exit."""
+    exit_file = tmp_path / "exit"
+    rules = {f"{source_host}/ns/img{i}:1": f"{target_host}/t/img{i}" for i in range(IMAGES)}
+    (tmp_path / "images.json").write_text(json.dumps(rules))
+    (tmp_path / "auth.json").write_text(json.dumps(
+        {host: {"insecure": True} for host in (source_host, target_host)}))
+    migrator = Path(sys.executable).parent / "migrator"
+    command = (f"trap : INT; cd {shlex.quote(str(tmp_path))} && env PYTHONPATH={ROOT} "
+               f"LC_ALL=C.UTF-8 {shlex.quote(str(migrator))} sync --images images.json --auth "
+               f"auth.json --no-state -w 2 --output-failed failed.yaml; "
+               f"echo $? > {shlex.quote(str(exit_file))}; exec sleep 600")
+    pane.tmux("new-session", "-d", "-s", "run", "-x", str(WIDTH), "-y", str(HEIGHT),
+              "sh", "-c", command)
+    deadline = time.monotonic() + 60
+    while not any(re.search(r" 2 running ", row) for row in pane.screen()):
+        assert time.monotonic() < deadline, "\n".join(pane.screen())
+        time.sleep(0.05)
+    pressed = time.monotonic()
+    for _ in range(presses):
+        pane.tmux("send-keys", "-t", "run", "C-c")
+        while not any(INTERRUPTED.match(row) for row in pane.everything()):
+            assert time.monotonic() < pressed + 5, "\n".join(pane.screen())
+            time.sleep(0.05)
+    while not (exit_file.exists() and exit_file.read_text().strip()):
+        assert time.monotonic() < deadline, "\n".join(pane.screen())
+        time.sleep(0.05)
+    assert int(exit_file.read_text()) == 130
+    return time.monotonic() - pressed
+
+
+def test_ctrl_c_finishes_the_copies_in_flight_and_starts_nothing(pane, tmp_path, slow_source,
+                                                                 target_registry):
+    interrupt_when_copying(pane, tmp_path, slow_source.host,
+                                        target_registry.host, presses=1)
+    final = pane.everything()
+    shown = "\n".join(final)
+    (said,) = [row for row in final if INTERRUPTED.match(row)]
+    assert INTERRUPTED.match(said).group(1) == "2", shown
+    # The two copies in flight ended at the target; nothing started after the press.
+    copied = [i for i in range(IMAGES) if requests.get(
+        f"{target_registry.url}/v2/t/img{i}/manifests/1",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        timeout=10).status_code == 200]
+    not_started = IMAGES - len(copied)
+    assert 2 <= len(copied) < IMAGES, shown
+    assert f"interrupted: {not_started} images not started (listed in failed.yaml); the same " \
+           "command continues where this run stopped" in final, shown
+    assert final[-1] == (f"Images({IMAGES}) migration finished, {not_started} images tasks "
+                         "failed, 0 tasks generate failed"), shown
+    assert not any(row.startswith("failed: ") for row in final), shown  # one line, not each
+    failed = yaml.safe_load((tmp_path / "failed.yaml").read_text())
+    assert len(failed) == not_started  # nothing lost: the failed file names them for a re-run
+    assert not any(BAR_PIECE.search(row) for row in final), shown
+
+
+def test_a_second_ctrl_c_stops_at_once(pane, tmp_path, source_registry, fault_proxy,
+                                       target_registry):
+    for i in range(IMAGES):
+        push_image(source_registry, f"ns/img{i}", "1", layers=[make_layer(768 * 1024, 950 + i)])
+    slow = fault_proxy(source_registry)  # ~30 s a blob: only a hard stop ends this run soon
+    slow.trickle(step_bytes=4 * 1024, interval=0.15, method="GET", path=BLOB, times=None)
+    took = interrupt_when_copying(pane, tmp_path, slow.host, target_registry.host,
+                                     presses=2)
+    final = pane.everything()
+    assert took < 5, "\n".join(final)
+    assert final[-1] == ("stopped: copies in flight abandoned; the same command copies them "
+                         "again"), "\n".join(final)
+    assert not any(BAR_PIECE.search(row) for row in final), "\n".join(final)

@@ -11,6 +11,27 @@ certificate listed in ``rootcertbundle``, carrying that certificate (base64 DER)
 ``[{"type": "repository", "name": "ns/repo", "actions": ["pull", "push"]}]``.
 A scope the token lacks answers 401 with ``error="insufficient_scope"``.
 
+Behaviours of real token services, each with its public source, switched on per issuer:
+
+- ``scopes_read="all"`` (default): every ``scope=`` parameter, each also split on spaces. The
+  token spec asks for repeated parameters (distribution.github.io/distribution/spec/auth/token);
+  RFC 6749 section 3.3 writes scopes as one space-delimited value; GitLab reads both.
+- ``scopes_read="last"``: only the last ``scope=`` parameter, as one scope, never split: old
+  GitLab's ``/jwt/auth`` behind Rails' parameter parsing ("the resulting JWT token only
+  contains the second", estesp/manifest-tool#53), Harbor 1.1 (goharbor/harbor#2411).
+- ``scopes_read="first"``: only the first, never split: a Go service reading
+  ``r.URL.Query().Get("scope")`` ("only understands a single scope query parameter",
+  cesanta/docker_auth#67, moby/moby#20387). A cross-repository mount needs push on the target
+  and pull on the source *in one token*, which neither of the two can give.
+- ``realm_host``: the realm on another host than the registry (Docker Hub's
+  auth.docker.io, GHCR's ghcr.io/token).
+- ``refuse_anonymous=True``: an anonymous token request for a scope the policy grants nothing
+  on is answered 401, as GHCR answers for an image that is not public
+  (openai/tunnel-client#75), while public ones get an anonymous token (GHCR requires that
+  exchange even for public images: oras-project/oras-java#178).
+- ``POST /token`` with ``grant_type=refresh_token``: the OAuth2 exchange of an identity token
+  (``docker login``'s ``identitytoken``; distribution.github.io/distribution/spec/auth/oauth).
+
 Needs the ``PyJWT`` and ``cryptography`` packages.
 """
 
@@ -27,6 +48,7 @@ import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -88,8 +110,15 @@ class TokenIssuer:
         service: str = "test-registry",
         issuer: str = "test-issuer",
         ttl: int = 300,
+        scopes_read: Literal["all", "last", "first"] = "all",
+        realm_host: str = "127.0.0.1",
+        refuse_anonymous: bool = False,
     ) -> None:
         self.users: dict[str, str] = dict(users or {})
+        self.scopes_read = scopes_read
+        self.refuse_anonymous = refuse_anonymous
+        self.refresh_tokens: dict[str, str] = {}  # identity token -> user
+        self.queries: list[list[str]] = []  # the raw `scope=` values of each GET
         self.policy = policy
         self.service = service
         self.issuer = issuer
@@ -107,7 +136,7 @@ class TokenIssuer:
         self._server = _Server(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/token"
+        self.url = f"http://{realm_host}:{self.port}/token"
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="token-issuer", daemon=True
         )
@@ -117,6 +146,19 @@ class TokenIssuer:
         """Allow one more user (the registry factory registers its test user here)."""
         with self._lock:
             self.users[name] = password
+
+    def set_password(self, name: str, password: str) -> None:
+        """Change a user's password (an expired short-lived password: ECR's, SWR's)."""
+        with self._lock:
+            self.users[name] = password
+
+    def add_identity_token(self, name: str) -> str:
+        """An identity token (OAuth2 refresh token) for a known user, as `docker login`
+        stores it."""
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self.refresh_tokens[token] = name
+        return token
 
     def make_token(
         self, user: str | None, access: list[dict[str, object]], *, ttl: int | None = None
@@ -169,6 +211,24 @@ class TokenIssuer:
         if expected is None or not secrets.compare_digest(expected.encode(), password.encode()):
             return False, user
         return True, user
+
+    def read_scopes(self, values: list[str]) -> list[str]:
+        """The scopes this service reads from the `scope=` values of a request."""
+        if self.scopes_read == "last":
+            return values[-1:]
+        if self.scopes_read == "first":
+            return values[:1]
+        return _split_scopes(values)
+
+    def refuses(self, user: str | None, scopes: list[str]) -> bool:
+        """GHCR-like: an anonymous request for a scope granted nothing is refused."""
+        if user is not None or not self.refuse_anonymous:
+            return False
+        for scope in scopes:
+            parsed = parse_scope(scope)
+            if parsed is not None and not self.policy(None, *parsed):
+                return True
+        return False
 
     def _issue(self, user: str | None, scopes: list[str]) -> dict[str, object]:
         access: list[dict[str, object]] = []
@@ -245,16 +305,34 @@ def _make_handler(issuer: TokenIssuer) -> type[BaseHTTPRequestHandler]:
             if not ok:
                 self._deny(user, "bad credentials")
                 return
-            self._reply(200, issuer._issue(user, _split_scopes(query.get("scope", []))))
+            values = query.get("scope", [])
+            with issuer._lock:
+                issuer.queries.append(values)
+            scopes = issuer.read_scopes(values)
+            if issuer.refuses(user, scopes):
+                self._deny(None, "authentication required")
+                return
+            self._reply(200, issuer._issue(user, scopes))
 
         def do_POST(self) -> None:  # noqa: N802
-            """OAuth2 password grant, which some clients try before falling back to GET."""
+            """OAuth2 grants: `password`, which some clients try before falling back to GET,
+            and `refresh_token`, how an identity token is exchanged."""
             if urlsplit(self.path).path != "/token":
                 self._reply(404, {"error": "not found"})
                 return
             length = int(self.headers.get("Content-Length") or 0)
             form = parse_qs(self.rfile.read(length).decode())
-            if form.get("grant_type", [""])[0] != "password":
+            grant = form.get("grant_type", [""])[0]
+            if grant == "refresh_token":
+                with issuer._lock:
+                    owner = issuer.refresh_tokens.get(form.get("refresh_token", [""])[0])
+                if owner is None:
+                    # RFC 6749 section 5.2: an invalid grant is a 400
+                    self._reply(400, {"error": "invalid_grant"})
+                    return
+                self._reply(200, issuer._issue(owner, issuer.read_scopes(form.get("scope", []))))
+                return
+            if grant != "password":
                 self._reply(400, {"error": "unsupported_grant_type"})
                 return
             ok, user = issuer._check_password(

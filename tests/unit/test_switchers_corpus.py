@@ -16,13 +16,15 @@ from migrator.reference import split
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "switchers"
 EXPECTED = yaml.safe_load((CORPUS / "expected.yaml").read_text())
 DEFAULT_REGISTRY, DEFAULT_NAMESPACE = "default.example.com", "mirror"
-# Where we read a file differently from image-syncer v1.5, on purpose: what we say instead.
+# Where we read a file differently from image-syncer v1.5, on purpose: what we say instead
+# when a rule uses the entry (a warning when none does).
 DIFFERENCES = {
     # v1.5 expands `$oauthtoken` to "" and then logs in as nobody; we refuse the unset variable
     # and say how to write the literal user name nvcr.io expects.
     "Liu-fu-gui__docker-image-sync__configs__auth.json":
-        "environment variable oauthtoken is not set (for a literal '$', write '$$': "
-        "'$$oauthtoken')",
+        ("nvcr.io/nvidia/cuda:12.2.0-base-ubuntu22.04",
+         "environment variable oauthtoken is not set (for a literal '$', write '$$': "
+         "'$$oauthtoken')"),
 }
 # Values for every variable the files name (auth files are filled in by CI secrets).
 VARIABLES = {name: "corpus-value" for path in CORPUS.iterdir()
@@ -52,13 +54,14 @@ def expected_auth(entry: dict) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def check(capsys, tmp_path, name: str, kind: str) -> tuple[int, list[str], list[str]]:
+def check(capsys, tmp_path, name: str, kind: str,
+          source: str = "quay.io/a/b:1") -> tuple[int, list[str], list[str]]:
     path = str(CORPUS / name)
     if kind == "config":
         flags = ["--config", path]
     elif kind == "auth":
         rules = tmp_path / "images.yaml"
-        rules.write_text("quay.io/a/b:1: target.example.com/a/b\n")
+        rules.write_text(f"{source}: target.example.com/a/b\n")
         flags = ["--auth", path, "--images", str(rules)]
     else:
         flags = ["--images", path]  # and no auth file: ./auth.json is absent
@@ -105,10 +108,20 @@ def test_a_valid_file_reads_as_image_syncer_reads_it(capsys, tmp_path, name):
                                         if not entry["valid"]) + sorted(DIFFERENCES))
 def test_a_broken_file_is_refused_one_line_per_problem(capsys, tmp_path, name):
     entry = EXPECTED[name]
-    code, out, err = check(capsys, tmp_path, name, entry["kind"])
+    source, expected = DIFFERENCES.get(name) or ("quay.io/a/b:1", entry["error"])
+    code, out, err = check(capsys, tmp_path, name, entry["kind"], source)
     assert code == EXIT_BAD_INPUT and out == []
     problems = [line for line in err if line.startswith("error: ")]
     assert err == problems + [f"check failed: {len(problems)} problems"]
     assert all(name in line for line in problems)
-    expected = DIFFERENCES.get(name) or entry["error"]
     assert any(expected in line for line in problems), problems
+
+
+@pytest.mark.parametrize("name", sorted(DIFFERENCES))
+def test_an_unset_variable_no_rule_needs_is_only_a_warning(capsys, tmp_path, name):
+    code, out, err = check(capsys, tmp_path, name, EXPECTED[name]["kind"])
+    assert code == EXIT_OK and out[-1].startswith("Rules(1) valid in ")
+    (warning,) = err
+    assert warning.startswith(f"warning: {CORPUS / name}: 'nvcr.io': username: environment "
+                              "variable oauthtoken is not set")
+    assert warning.endswith("no rule uses this entry, so it is left out")
