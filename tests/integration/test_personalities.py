@@ -56,6 +56,11 @@ ENVIRON = {
     "MIGRATOR_UPLOAD_CHUNK_SIZE": str(9 * MiB // 2),
     "MIGRATOR_BACKOFF_INITIAL": "0.05",
     "MIGRATOR_BACKOFF_MAX": "2",  # above SWR's one-second window of pushes
+    # With backoffs this short, the copies resume together after each flow-control pause and
+    # part of them meet SWR's 503 again (a streamed upload is tried again as a whole blob):
+    # enough tries that none runs out (the default backoff of up to 30 s spreads them).
+    "MIGRATOR_HTTP_ATTEMPTS": "12",
+    "MIGRATOR_BLOB_ATTEMPTS": "12",
 }
 SCENARIOS = ("single", "multi", "base-a", "base-b", "big", "tags")
 _run = itertools.count()
