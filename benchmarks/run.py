@@ -129,16 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repetitions = 1 if args.quick else 3
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 5.0
-    if args.out is None:
-        args.out = HERE / ("results-quick.json" if args.quick else "results.json")
-    if args.readme is None and not args.quick and not args.no_readme:
-        args.readme = HERE / "README.md"
-    if args.no_readme:
-        args.readme = None
-    if args.plot is None and not args.quick:
-        args.plot = HERE / "wall_time.png"
-    if args.no_plot:
-        args.plot = None
+    report.default_outputs(args, HERE, "results", "wall_time.png")
     return args
 
 

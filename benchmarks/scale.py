@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from benchmarks.measure import MIB  # noqa: E402
 from benchmarks.run import Benchmark, BenchmarkError, check_prerequisites  # noqa: E402
 from benchmarks.scenarios import KIB, Scenario, SeedCache, Truth  # noqa: E402
@@ -125,16 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.cache is None:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         args.cache = base / "migrator-benchmarks" / "scale"
-    if args.out is None:
-        args.out = HERE / ("results-scale-quick.json" if args.quick else "results-scale.json")
-    if args.readme is None and not args.quick and not args.no_readme:
-        args.readme = HERE / "README.md"
-    if args.no_readme:
-        args.readme = None
-    if args.plot is None and not args.quick:
-        args.plot = HERE / "scale.png"
-    if args.no_plot:
-        args.plot = None
+    report.default_outputs(args, HERE, "results-scale", "scale.png")
     return args
 
 
