@@ -20,10 +20,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrator.ledger import text
 from migrator.settings import default
+
+if TYPE_CHECKING:
+    from migrator.runs import RunState, RunStore
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,18 @@ class Fleet:
 
     def held_by_live(self) -> set[str]:
         return {holding.tag for holdings in self.live.values() for holding in holdings}
+
+    def waiting(self, store: RunStore, state: RunState) -> dict[str, str]:
+        """The run's tasks that dead workers held, that the reaper has not sent again and
+        that the run still waits for (job → worker): for about one reap interval. A lease
+        lists what its worker held at its last renewal, some of which it finished since."""
+        held = {holding.job: name for name, holdings in sorted(self.dead.items())
+                for holding in holdings if holding.run_id == state.run_id and holding.job
+                and (holding.job not in state.resent or state.resent[holding.job].by != name)}
+        if not held or state.finished:
+            return {}
+        still = store.still_open(state.run_id, sorted(held))
+        return {job: name for job, name in held.items() if job in still}
 
     def holder(self, tag: str) -> str | None:
         """The dead worker that held a message, if any said so."""

@@ -315,6 +315,20 @@ class RunStore:
         return {job for job, done, reason, why in zip(jobs, ok, failed, skipped, strict=True)
                 if not done and reason is None and why is None}
 
+    def still_open(self, run_id: str, keys: list[str]) -> set[str]:
+        """Those of `keys` (image jobs or rules) the run still waits for: an image not ended
+        yet, a rule whose tag list is still to be read. A dead worker's lease lists what it
+        held at its last renewal, some of which it may have finished since."""
+        if not keys:
+            return set()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smismember(self.key(run_id, ":jobs"), keys)
+            pipe.smismember(self.key(run_id, ":expands"), keys)
+            images, rules = pipe.execute()
+        jobs = [key for key, image in zip(keys, images, strict=True) if image]
+        pending = {key for key, rule in zip(keys, rules, strict=True) if rule}
+        return pending | self.unfinished(run_id, jobs)
+
     def succeeded(self, run_id: str, job: str, copied_bytes: int = 0) -> bool:
         """The image was copied or is up to date (False: the run is no longer in Redis)."""
         # An image ends in one place only, so that `done` counts it once.

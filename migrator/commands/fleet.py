@@ -133,10 +133,7 @@ def held_by_dead(store: RunStore, state: RunState) -> dict[str, str]:
     handed back yet (job → worker): for about one `MIGRATOR_REAP_INTERVAL`."""
     from migrator.leases import Leases
 
-    fleet = Leases(store.redis, prefix=store.prefix).read()
-    return {holding.job: name for name, holdings in sorted(fleet.dead.items())
-            for holding in holdings if holding.run_id == state.run_id and holding.job
-            and (holding.job not in state.resent or state.resent[holding.job].by != name)}
+    return Leases(store.redis, prefix=store.prefix).read().waiting(store, state)
 
 
 def print_held_by_dead(held: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ import redis
 
 from migrator.dashboard.causes import group
 from migrator.dashboard.reading import newest_run_ids, schedule_names, schedule_runs
-from migrator.leases import Leases
+from migrator.leases import Fleet, Leases
 from migrator.runs import Resent, RunState, RunStore
 
 RATE_WINDOW = 30.0  # seconds of samples behind "now" in the current throughput
@@ -54,7 +54,7 @@ class Sampler:
         self.client = client
         self.store = RunStore(client, prefix=prefix)  # its read methods only
         self.leases = Leases(client, prefix=prefix)  # read only
-        self.dead: dict[str, list[tuple[str, str]]] = {}  # run → (job, dead worker)
+        self.fleet = Fleet({}, {})  # the workers on record at the last sample
         self.prefix = prefix
         self.interval = interval
         self.count = runs
@@ -90,11 +90,7 @@ class Sampler:
         states: dict[str, RunState | None] = {}
         self.in_use = set()
         listed = newest_run_ids(self.client, self.prefix, self.count)
-        self.dead = {}
-        for worker, holdings in self.leases.read().dead.items():
-            for holding in holdings:
-                if holding.run_id and holding.job:
-                    self.dead.setdefault(holding.run_id, []).append((holding.job, worker))
+        self.fleet = self.leases.read()
         runs = []
         for run_id in listed:
             try:
@@ -129,7 +125,7 @@ class Sampler:
             "failures": self._causes(state.failed, jobs=True),
             "generate_failures": self._causes(state.generate_failed, jobs=False),
             "resent": len(state.resent),
-            "recovery": _recovery(state.resent, self.dead.get(state.run_id, [])),
+            "recovery": _recovery(state.resent, self.fleet.waiting(self.store, state)),
         }
 
     def _causes(self, failed: dict[str, str], *, jobs: bool) -> list[dict[str, Any]]:
@@ -169,13 +165,11 @@ class Sampler:
         return found
 
 
-def _recovery(resent: dict[str, Resent], held: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def _recovery(resent: dict[str, Resent], held: dict[str, str]) -> list[dict[str, Any]]:
     """The run's tasks held by dead workers and those sent again, grouped like failures:
     by worker (newest re-send first), each task with when it went back to the queue."""
     groups: dict[str, list[dict[str, str]]] = {}
-    for job, worker in sorted(held):
-        if job in resent and resent[job].by == worker:
-            continue  # handed back already; the same message is now another worker's
+    for job, worker in sorted(held.items()):
         cause = f"held by {worker}, whose lease expired: sent again at the reaper's next sweep"
         groups.setdefault(cause, []).append({"name": job, "reason": "not back in the queue yet"})
     newest = sorted(resent.items(), key=lambda item: (-item[1].at, item[0]))

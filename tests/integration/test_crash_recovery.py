@@ -25,7 +25,7 @@ import redis
 
 from migrator.cli import EXIT_OK, main
 from migrator.dashboard.sampler import Sampler
-from migrator.leases import Leases
+from migrator.leases import Holding, Leases
 from migrator.runs import LOST, UNLISTED, RunState, RunStore
 from tests.integration.test_big_layers import CHUNK, patch_offsets, patch_starts
 from tests.integration.test_chaos import ChaosFleet, assert_all_correct, auth, rules, seed
@@ -193,7 +193,9 @@ def test_node_lost_for_good(fleet: RecoveryFleet, source_registry, target_regist
                                   interval=1.0).sample())
     run = next(run for run in document["runs"] if run["id"] == run_id)
     assert run["resent"] == len(state.resent)
-    group = next(group for group in run["recovery"] if lease in group["cause"])
+    group = next(group for group in run["recovery"]
+                 if group["cause"] == f"sent again: held by {lease}, which stopped renewing "
+                                      "its lease")
     assert {item["name"] for item in group["items"]} == resent
     assert all(item["reason"].startswith("back in the queue at ") for item in group["items"])
     print(f"node lost: {len(resent)} tasks re-sent, run ended {ended - killed:.1f} s after "
@@ -317,3 +319,43 @@ def _wait_for_offset(client: redis.Redis, offset: int, timeout: float = 90.0) ->
         time.sleep(0.02)
     raise AssertionError(f"no upload reached {offset} bytes")
 
+
+
+def test_stale_lease_is_not_shown_as_waiting(tmp_path: Path, capsys) -> None:
+    """A lease lists what its worker held at its last renewal: a task the worker finished
+    after that, before it died, is not "held by a dead worker", in `migrator status` or on
+    the dashboard; what the run still waits for is, until the run ends."""
+    prefix = f"stale{random.randrange(10**9)}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    store = RunStore(client, prefix=prefix)
+    done, still, rule = "r/a:1 -> t/a:1", "r/b:1 -> t/b:1", "rules.yaml: 'r/c' -> t/c"
+    run_id = store.create(name="stale", retries=0, jobs=[done, still], expands=[rule])
+    worker = "celery@gone:4242"
+    Leases(client, prefix=prefix, ttl=0.05).renew(worker, [
+        Holding(tag=str(number), task_id=f"id{number}", task="t", run_id=run_id, job=job)
+        for number, job in enumerate([done, still, rule])])
+    assert store.succeeded(run_id, done)
+    time.sleep(0.2)  # the lease has expired: the worker is dead to the fleet
+    env = {"MIGRATOR_REDIS_URL": REDIS_URL, "MIGRATOR_REDIS_PREFIX": prefix}
+
+    def shown() -> tuple[set[str], set[str]]:
+        capsys.readouterr()
+        main(["status", run_id], env)
+        printed = set(re.findall(r"held by a dead worker: (.+?): celery@gone:4242 stopped",
+                                 capsys.readouterr().out))
+        document = json.loads(Sampler(client, prefix=prefix, redis_url=REDIS_URL,
+                                      interval=1.0).sample())
+        run = next(run for run in document["runs"] if run["id"] == run_id)
+        listed = {item["name"] for group in run["recovery"] if worker in group["cause"]
+                  for item in group["items"]}
+        return printed, listed
+
+    try:
+        assert shown() == ({still, rule}, {still, rule})
+        store.expanded(run_id, rule)
+        store.failed(run_id, still, "manifest unknown")
+        assert store.state(run_id).finished
+        assert shown() == (set(), set())
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
