@@ -146,7 +146,7 @@ def profile_fleet_runs(args: argparse.Namespace, scenario: Scenario, source: Run
     """One worker under py-spy and MONITOR during `enqueue --wait`: first copy, re-run."""
     # 2. the fleet: one worker, py-spy attached, MONITOR on its database.
     target = start_registry(work / "target-fleet")
-    fleet = Fleet(1, redis_db=args.redis_db)
+    fleet = Fleet(1, redis_url=f"redis://127.0.0.1:6379/{args.redis_db}")
     fleet.code = ROOT
     fleet.prepare(work / "fleet", scenario, Endpoints(source.host, target.host))
     monitor = Monitor(args.redis_db)

@@ -61,6 +61,7 @@ from benchmarks.tools import (  # noqa: E402
     PlainCopier,
     Skopeo,
     Tool,
+    private_redis,
     skopeo_version,
     snapshot_code,
 )
@@ -106,9 +107,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="threads per fleet worker process (default 7, as sync)")
     parser.add_argument("--skopeo-parallel", type=int, default=4,
                         help="skopeo processes at once, one per repository (default 4)")
-    parser.add_argument("--redis-db", type=int, default=9,
-                        help="Redis database of the fleet runs, FLUSHDB'd (default 9: "
-                             "benchmarks/fleet_counts.py uses 10, the tests 0, 11, 12, 13)")
+    parser.add_argument("--redis-db", type=int, default=None,
+                        help="run the fleet on this database of the Redis on "
+                             "127.0.0.1:6379, FLUSHDB'd (default: a redis-server of the "
+                             "benchmark's own, whose CPU is then the fleet's alone)")
     parser.add_argument("--quiet-wait", type=float, default=None,
                         help="wait up to this many seconds before each run for the machine to "
                              "be idle (default 5, 0 with --quick)")
@@ -133,7 +135,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def check_prerequisites(tools: list[str]) -> None:
+def check_prerequisites(tools: list[str], redis_db: int | None) -> None:
     """Fail early, saying what to install, rather than half-way through a long run."""
     from tests.support.registry import registry_binary
 
@@ -144,19 +146,30 @@ def check_prerequisites(tools: list[str]) -> None:
     if "skopeo" in tools and not shutil.which("skopeo"):
         raise BenchmarkError("skopeo not found: apt-get install skopeo (Debian package "
                              "`skopeo`), or leave it out with --tools")
-    if any(t.startswith("fleet") for t in tools) and redis_cpu_seconds(
-            "redis://127.0.0.1:6379/0") is None:
-        raise BenchmarkError("no Redis on 127.0.0.1:6379: the fleet runs need one "
-                             "(apt-get install redis-server), or leave them out with --tools")
+    if not any(t.startswith("fleet") for t in tools):
+        return
+    if redis_db is None and not shutil.which("redis-server"):
+        raise BenchmarkError("redis-server not found: the fleet runs start one (apt-get "
+                             "install redis-server), or give --redis-db, or leave them out "
+                             "with --tools")
+    if redis_db is not None and redis_cpu_seconds(SHARED_REDIS.format(db=0)) is None:
+        raise BenchmarkError("no Redis on 127.0.0.1:6379 for --redis-db")
 
 
-def make_tools(args: argparse.Namespace) -> list[Tool]:
+SHARED_REDIS = "redis://127.0.0.1:6379/{db}"
+
+
+def make_tools(args: argparse.Namespace, work: Path) -> list[Tool]:
     tools: list[Tool] = []
+    redis_url = None
     for name in args.tools:
         if name == "sync":
             tools.append(MigratorSync(args.sync_workers))
         elif name.startswith("fleet-"):
-            tools.append(Fleet(int(name.split("-")[1]), redis_db=args.redis_db,
+            if redis_url is None:
+                redis_url = (private_redis(work / "redis") if args.redis_db is None
+                             else SHARED_REDIS.format(db=args.redis_db))
+            tools.append(Fleet(int(name.split("-")[1]), redis_url=redis_url,
                                concurrency=args.worker_concurrency))
         elif name == "skopeo":
             tools.append(Skopeo(args.skopeo_parallel))
@@ -188,7 +201,7 @@ class Benchmark:
                     "50 ms", f"{args.wan_rtt * 1000:g} ms").replace(
                     "25 ms each way", f"{args.wan_rtt * 500:g} ms each way"))
         self.code, self.code_sha = snapshot_code(work / "code")
-        self.tools = make_tools(args)
+        self.tools = make_tools(args, work)
         for tool in self.tools:
             tool.code = self.code
         self.runs: list[dict[str, Any]] = []
@@ -261,7 +274,8 @@ class Benchmark:
                          "worker_concurrency": self.args.worker_concurrency,
                          "worker_pool": "threads",
                          "skopeo_parallel": self.args.skopeo_parallel,
-                         "redis_db": self.args.redis_db},
+                         "redis": ("private redis-server" if self.args.redis_db is None
+                                   else SHARED_REDIS.format(db=self.args.redis_db))},
             "out": _relative(self.args.out),
         }
 
@@ -414,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = rebuild(args)
         return publish(args, result)
     try:
-        check_prerequisites(args.tools)
+        check_prerequisites(args.tools, args.redis_db)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -92,8 +92,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=None,
                         help="plot of time per tag (default benchmarks/scale.png unless --quick)")
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--redis-db", type=int, default=9,
-                        help="Redis database of the fleet runs, FLUSHDB'd (default 9)")
+    parser.add_argument("--redis-db", type=int, default=None,
+                        help="run the fleet on this database of the Redis on "
+                             "127.0.0.1:6379, FLUSHDB'd (default: a redis-server of the "
+                             "benchmark's own)")
     parser.add_argument("--sync-workers", type=int, default=7)
     parser.add_argument("--worker-concurrency", type=int, default=7)
     parser.add_argument("--startup-runs", type=int, default=None,
@@ -649,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out = args.report
         return publish(args, result)
     try:
-        check_prerequisites(args.tools)
+        check_prerequisites(args.tools, args.redis_db)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -67,7 +67,7 @@ class ConsoleReporter:
         self._ended: float | None = None
         self._last_line = self.started
         self._lock = threading.Lock()
-        self._outcomes: dict[Job, str] = {}  # job → its last try: "ok", "failed", "skipped"
+        self._outcomes: dict[Job, str] = {}  # job → its last try, when "failed" or "skipped"
         self._running: set[Job] = set()  # copies started and not yet done
         self._in_flight_known = True  # False once the figures come from elsewhere (fleet)
         self._progress: Progress | None = None
@@ -142,9 +142,12 @@ class ConsoleReporter:
                    "skipped" if result is not None and result.outcome == "skipped" else "ok")
         with self._lock:
             self._running.discard(job)
-            before = self._outcomes.get(job)
-            self._outcomes[job] = outcome
-            self.done = len(self._outcomes)
+            # Only the images that may be tried again are kept: one that succeeded never is,
+            # and a 20 000-tag run need not hold a record of each.
+            before = self._outcomes.pop(job, None)
+            if outcome != "ok":
+                self._outcomes[job] = outcome
+            self.done += before is None
             # counted, not re-summed per image
             self.failed += (outcome == "failed") - (before == "failed")
             self.skipped += (outcome == "skipped") - (before == "skipped")

@@ -38,7 +38,7 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: two per tag, kept for the whole run
 class Reference:
     """`registry/repository[:tag][@digest]`; the repository may have any depth."""
 

@@ -45,7 +45,7 @@ from migrator.reference import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per tag, kept for the whole run
 class Job:
     """One copy: a source image (tag, or digest when pinned) to a target image."""
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from migrator.auth import AuthFile
 from migrator.copy import ClientPool, Clients, CopyOptions, CopyResult, copy_image
@@ -49,13 +49,24 @@ class Reporter(Protocol):
     def add_bytes(self, count: int) -> None: ...
 
 
+class Ended(NamedTuple):
+    """What the command reports of an image that ended well: kept for every tag of a run, so
+    a few words rather than its whole `CopyResult` (digests, counters, a lock)."""
+
+    job: Job
+    outcome: str  # "copied", "up-to-date", "planned" or "skipped"
+    note: str = ""
+
+
 @dataclass
 class Summary:
     images: int = 0
-    results: list[CopyResult] = field(default_factory=list)  # copied, up to date or planned
+    results: list[Ended] = field(default_factory=list)  # copied, up to date or planned
     # Left out by the platform filter: neither failed nor retried, and kept apart from
     # `results` because image-syncer does not list them among the images it synced.
-    skipped: list[CopyResult] = field(default_factory=list)
+    skipped: list[Ended] = field(default_factory=list)
+    # A dry run's images to copy, whole: what the plan prints of each.
+    planned: list[CopyResult] = field(default_factory=list)
     failed: dict[Job, str] = field(default_factory=dict)
     generate_failed: dict[Rule, str] = field(default_factory=dict)
     # The failed jobs that never started because the run was interrupted.
@@ -217,7 +228,10 @@ class EmbeddedRunner:
             if reason is None:
                 summary.failed.pop(job, None)
                 assert result is not None
-                (summary.skipped if result.outcome == "skipped" else summary.results).append(result)
+                ended = Ended(result.job, result.outcome, result.note)
+                (summary.skipped if result.outcome == "skipped" else summary.results).append(ended)
+                if result.outcome == "planned":
+                    summary.planned.append(result)
             elif isinstance(error, Interrupted):
                 summary.failed[job] = reason
                 summary.not_started.add(job)

@@ -22,22 +22,41 @@ from migrator.commands.common import (
 )
 from migrator.errors import ConfigError
 
+# Which module registers each command: a command's run imports its own module only (the
+# `config` command's Kubernetes client and the fleet's Celery are not `sync`'s start-up).
+_MODULES = {"sync": "sync", "plan": "sync", "verify": "sync", "check": "sync",
+            "enqueue": "fleet", "status": "fleet", "cancel": "fleet",
+            "config": "config", "dashboard": "dashboard"}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or, for a known `command`, one that knows only its module's
+    commands (help and errors about the command line build the whole one)."""
     parser = argparse.ArgumentParser(
         prog="migrator",
         description="Copy container images between registries (image-syncer compatible).",
     )
     parser.add_argument("--version", action="version", version=f"migrator {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from migrator.commands import config, fleet, sync
+    wanted = [_MODULES[command]] if command in _MODULES else ["sync", "fleet", "config",
+                                                              "dashboard"]
+    for module in wanted:
+        if module == "sync":
+            from migrator.commands import sync
 
-    sync.add_parsers(commands)
-    fleet.add_parsers(commands)
-    config.add_config_parser(commands)
-    from migrator.commands import dashboard  # its page and server load only when it runs
+            sync.add_parsers(commands)
+        elif module == "fleet":
+            from migrator.commands import fleet
 
-    dashboard.add_dashboard_parser(commands)
+            fleet.add_parsers(commands)
+        elif module == "config":
+            from migrator.commands import config
+
+            config.add_config_parser(commands)
+        else:
+            from migrator.commands import dashboard  # its page and server load when it runs
+
+            dashboard.add_dashboard_parser(commands)
     return parser
 
 
@@ -60,8 +79,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if list(argv) == ["--version"]:  # before the parser, whose commands import the library
         print(f"migrator {__version__}")
         return 0
-    parser = build_parser()
-    args = parser.parse_args(compatible_argv(argv))
+    argv = compatible_argv(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     environ = os.environ if environ is None else environ
     try:
         return args.handler(args, environ)

@@ -191,17 +191,19 @@ def print_plan(summary: Summary) -> None:
 
     new_blobs: dict[str, int] = {}
     to_copy = 0
-    for result in sorted(summary.results, key=lambda r: str(r.job)):
-        if result.outcome == "up-to-date":
-            print(f"up to date: {result.job}")
+    planned = {result.job: result for result in summary.planned}
+    for ended in sorted(summary.results, key=lambda r: str(r.job)):
+        if ended.outcome == "up-to-date":
+            print(f"up to date: {ended.job}")
             continue
         to_copy += 1
+        result = planned[ended.job]
         new_blobs.update(result.new_blobs)
         print(f"would copy: {result.job}: {result.blobs_copied} blobs to upload "
               f"({human_bytes(result.bytes_copied)}), {result.blobs_mounted} to mount, "
               f"{result.blobs_skipped} already there")
-    for result in sorted(summary.skipped, key=lambda r: str(r.job)):
-        print(f"skipped: {result.job}: {result.note.removeprefix('skipped: ')}")
+    for skipped_image in sorted(summary.skipped, key=lambda r: str(r.job)):
+        print(f"skipped: {skipped_image.job}: {skipped_image.note.removeprefix('skipped: ')}")
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     print(f"Plan: {to_copy} of {summary.images} images to copy{skipped}, {len(new_blobs)} "
           f"blobs new to the target ({human_bytes(sum(new_blobs.values()))}); nothing was "

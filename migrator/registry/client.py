@@ -95,6 +95,7 @@ USER_AGENT = f"migrator/{__version__}"
 # How long a registry whose ping could not connect fails its work without a request. Short:
 # a registry back from a restart is used again soon, and a failed ping costs milliseconds.
 UNREACHABLE_FOR = 10.0
+PAGE_PROGRESS_EVERY = 1.0  # seconds between two lines of a long tag list's progress
 # Tries of a schema1 manifest PUT (see `put_manifest`).
 SCHEMA1_ATTEMPTS = 2
 # Blobs are asked for as stored: a server (or CDN) that gzips a body for a client accepting
@@ -261,7 +262,7 @@ class RegistryClient:
         self._tags: dict[str, tuple[float, list[str]]] = {}
         self.referrers_api: bool | None = None  # learnt on the first referrers request
         self._tags_lock = threading.Lock()
-        self._listing: dict[str, threading.Lock] = {}  # one tag listing per repository at once
+        self._listing: dict[str, threading.RLock] = {}  # one tag listing per repository at once
         self._listed_empty: dict[str, float] = {}  # repository → when a listing found no tag
         # How blobs go up here: set by the auth file, else learnt from refused PATCHes.
         self.uploads = UploadPolicy(registry, mode=credentials.upload or "auto",
@@ -744,11 +745,17 @@ class RegistryClient:
         seconds old (looking for an image's referrers right after its rule was expanded) gets
         it without a request. Expanding a rule always reads afresh.
         """
+        if not max_age:
+            return self._list_now(repository)
+        with self._listing_lock(repository):  # one listing for the copies that ask at once
+            with self._tags_lock:
+                cached = self._tags.get(repository)
+            if cached and time.monotonic() - cached[0] < max_age:
+                return list(cached[1])
+            return self._list_now(repository)
+
+    def _list_now(self, repository: str) -> list[str]:
         now = time.monotonic()
-        with self._tags_lock:
-            cached = self._tags.get(repository)
-        if cached and now - cached[0] < max_age:
-            return list(cached[1])
         tags = self._list_tags(repository)
         self._remember_listing(repository, now, tags)
         return list(tags)
@@ -765,9 +772,7 @@ class RegistryClient:
         """The repository's tags from a listing at most `max_age` seconds old, read once per
         repository however many copies ask at the same time; a repository that does not
         exist yet has none. None where the registry will not list them (ask per tag then)."""
-        with self._tags_lock:
-            lock = self._listing.setdefault(repository, threading.Lock())
-        with lock:
+        with self._listing_lock(repository):  # held until the absence is remembered too
             try:
                 return frozenset(self.list_tags(repository, max_age=max_age))
             except (RegistryError, AuthError) as exc:
@@ -778,6 +783,10 @@ class RegistryClient:
             # Remember the absence too, or each copy would ask again.
             self._remember_listing(repository, time.monotonic(), [])
             return frozenset()
+
+    def _listing_lock(self, repository: str) -> threading.RLock:
+        with self._tags_lock:
+            return self._listing.setdefault(repository, threading.RLock())
 
     def listed_empty(self, repository: str, *, max_age: float) -> bool:
         """Whether a listing at most `max_age` seconds old found the repository without any
@@ -808,6 +817,7 @@ class RegistryClient:
         leads to the next), with a bounded number of pages on the registry's own host."""
         url = self.url(f"{path}?n={self.settings.tag_page_size}")
         items: list[str] = []
+        said = time.monotonic()
         for page_number in range(self.settings.max_tag_pages):
             try:
                 response = self.request("GET", url, scopes=scopes,
@@ -832,6 +842,10 @@ class RegistryClient:
             next_link = response.links.get("next", {}).get("url")
             if not next_link:
                 return items
+            if time.monotonic() - said >= PAGE_PROGRESS_EVERY:  # a long list: show it moves
+                said = time.monotonic()
+                log.info("%s: reading the %s: %d so far, page %d", self.registry, what,
+                         len(items), page_number + 1)
             url = urljoin(url, next_link)
             if urlsplit(url).netloc != urlsplit(self.base_url or "").netloc:
                 raise RegistryError(f"{self.registry}: {what}: pagination leads to another host",

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
 from migrator.auth import RegistryAuth
+from migrator.cli import main
 from migrator.errors import AuthError, RegistryError
 from migrator.registry.client import RegistryClient
 from migrator.settings import Settings
@@ -58,6 +62,68 @@ def test_tag_list_follows_every_page(source_registry):
         with pytest.raises(RegistryError, match="more than 2 pages"):
             RegistryClient(front.host, RegistryAuth(insecure=True),
                            Settings(tag_page_size=3, max_tag_pages=2)).list_tags("ns/paged")
+    finally:
+        front.close()
+
+
+def test_a_long_tag_list_shows_its_progress_while_it_is_read(source_registry,
+                                                              target_registry, tmp_path,
+                                                              capsys):
+    """`migrator sync` over a tag list of many slow pages: a line about every second says
+    how far the reading is, then every tag is copied."""
+    layer = [make_layer(1024, 2)]
+    tags = [f"t{i:02d}" for i in range(10)]
+    for tag in tags:
+        push_image(source_registry, "ns/slow", tag, layers=layer)
+    pages: list[int] = []
+    listing = paged_tag_lists(source_registry.url, pages)
+
+    def slowly(method: str, path: str):
+        answer = listing(method, path)
+        if answer is not None:
+            time.sleep(0.4)
+        return answer
+
+    front = Front(source_registry.url, slowly)
+    try:
+        images, auth = tmp_path / "images.json", tmp_path / "auth.json"
+        images.write_text(json.dumps({f"{front.host}/ns/slow": f"{target_registry.host}/c/slow"}))
+        auth.write_text(json.dumps({front.host: {"insecure": True},
+                                    target_registry.host: {"insecure": True}}))
+        code = main(["sync", "--images", str(images), "--auth", str(auth), "--no-state"],
+                    {"MIGRATOR_TAG_PAGE_SIZE": "1"})
+        capsys_out, err = capsys.readouterr()
+    finally:
+        front.close()
+    assert code == 0, err
+    assert len(pages) == len(tags)
+    so_far = [int(count) for count in re.findall(
+        rf"{re.escape(front.host)}: reading the tag list of 'ns/slow': (\d+) so far, page \d+",
+        err)]
+    assert len(so_far) >= 2 and so_far == sorted(so_far) and so_far[-1] < len(tags), err
+    assert "Images(10) migration finished, 0 images tasks failed" in capsys_out, capsys_out
+
+
+def test_copies_asking_for_a_recent_tag_list_at_once_share_one_listing(source_registry):
+    """The referrers' lookup asks for a tag list up to `tag_list_ttl` old from every copy:
+    when it has expired, the copies that ask together wait for one listing."""
+    push_image(source_registry, "ns/shared", "1", layers=[make_layer(1024, 3)])
+    pages: list[int] = []
+    listing = paged_tag_lists(source_registry.url, pages)
+
+    def slowly(method: str, path: str):
+        answer = listing(method, path)
+        if answer is not None:
+            time.sleep(0.3)
+        return answer
+
+    front = Front(source_registry.url, slowly)
+    try:
+        client = RegistryClient(front.host, RegistryAuth(insecure=True), Settings())
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(lambda _: client.list_tags("ns/shared", max_age=60), range(8)))
+        assert found == [["1"]] * 8 and len(pages) == 1
+        assert client.list_tags("ns/shared") == ["1"] and len(pages) == 2  # always afresh
     finally:
         front.close()
 
