@@ -261,8 +261,19 @@ def heaviest_imports(report: str, top: int = 10) -> list[dict[str, Any]]:
     return [{"module": name, "cumulative_s": round(s, 3)} for s, name in found[:top]]
 
 
+# What any start of `sync` pays before a line of ours runs: the interpreter, and the libraries
+# its first request needs (requests; pydantic with one model, whose first model imports most
+# of pydantic; tenacity, which imports asyncio through tornado where tornado is installed).
+FLOORS = {
+    "python": "pass",
+    "libraries": "import requests, tenacity\nfrom pydantic import BaseModel\n"
+                 "class Model(BaseModel):\n    field: int = 0",
+}
+
+
 def startup(code: Path, work: Path, runs: int) -> dict[str, Any]:
     version, first = [], []
+    floors: dict[str, list[float]] = {name: [] for name in FLOORS}
     env = clean_env(code)
     for _ in range(runs):
         began = time.monotonic()
@@ -270,11 +281,16 @@ def startup(code: Path, work: Path, runs: int) -> dict[str, Any]:
                        check=True, capture_output=True)
         version.append(time.monotonic() - began)
         first.append(first_request_seconds(code, work))
+        for name, program in FLOORS.items():
+            began = time.monotonic()
+            subprocess.run([sys.executable, "-c", program], env=env, cwd=work, check=True)
+            floors[name].append(time.monotonic() - began)
     report = work / "importtime.txt"
     with_imports = first_request_seconds(code, work, importtime=report)
     return {"version_s": statistics.median(version), "version_runs_s": version,
             "first_request_s": statistics.median(first), "first_request_runs_s": first,
             "first_request_importtime_run_s": with_imports,
+            "floor_s": {name: statistics.median(times) for name, times in floors.items()},
             "imports_s": heaviest_imports(report.read_text(errors="replace"))}
 
 
@@ -547,6 +563,7 @@ def targets_table(items: list[dict[str, Any]]) -> str:
 
 def results_markdown(result: dict[str, Any]) -> str:
     meta, up = result["meta"], result.get("startup") or {}
+    floor = up.get("floor_s") or {}
     imports = ", ".join(f"{i['module']} {1000 * i['cumulative_s']:.0f} ms"
                         for i in up.get("imports_s", [])[:6])
     seeding = "; ".join(f"{name} {s['seconds']} s ({s['repositories_seeded']} repositories "
@@ -560,8 +577,12 @@ def results_markdown(result: dict[str, Any]) -> str:
         "",
         f"Start-up (median of {len(up.get('version_runs_s', []))}): `migrator --version` "
         f"{_fmt(up.get('version_s'), '{:.3f}')} s; process start to the first request of "
-        f"`migrator sync` {_fmt(up.get('first_request_s'), '{:.3f}')} s. Heaviest imports "
-        f"before that request (`-X importtime`, cumulative): {imports or '–'}.",
+        f"`migrator sync` {_fmt(up.get('first_request_s'), '{:.3f}')} s, of which the "
+        f"interpreter alone takes {_fmt(floor.get('python'), '{:.3f}')} s and the libraries "
+        f"of that request (requests, tenacity, pydantic with one model) "
+        f"{_fmt(floor.get('libraries'), '{:.3f}')} s (a process that imports only them). "
+        f"Heaviest imports before that request (`-X importtime`, cumulative): "
+        f"{imports or '–'}.",
         "",
         scale_table(result),
         "",

@@ -108,7 +108,9 @@ def test_scale_benchmark_measures_memory_redis_and_record_at_two_sizes(tmp_path:
 
     result = json.loads(out.read_text())
     assert result["errors"] == [] and result["meta"]["complete"]
-    assert result["startup"]["version_s"] > 0 and result["startup"]["first_request_s"] > 0
+    startup = result["startup"]
+    assert startup["version_s"] > 0 and startup["first_request_s"] > 0
+    assert 0 < startup["floor_s"]["python"] < startup["floor_s"]["libraries"]
     assert result["seeding"]["scale-200"]["repositories_seeded"] == 15  # 5 came with scale-50
     runs = {(r["scenario"], r["tool"], r["phase"]): r for r in result["runs"]}
     assert set(runs) == {(s, t, p) for s in ("scale-50", "scale-200") for t in ("sync", "fleet-1")
