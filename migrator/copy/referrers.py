@@ -53,7 +53,7 @@ def copy_referrers(
             _index_referrers(dst, dst_repo, digest, found)
     prefix = digest.replace(":", "-", 1)
     try:
-        listed = src.list_tags(src_repo, max_age=settings.tag_list_ttl)
+        listed = src.referrer_tags(src_repo, max_age=settings.tag_list_ttl)
     except LOOKUP_ERRORS as exc:
         # Even a transient fault: a retry would find the image up to date and not look.
         unknown(exc)

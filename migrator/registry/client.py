@@ -18,6 +18,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any, Protocol, Required, TypedDict, Unpack
 from urllib.parse import parse_qs, quote, urljoin, urlsplit, urlunsplit
 
@@ -95,6 +97,8 @@ USER_AGENT = f"migrator/{__version__}"
 # How long a registry whose ping could not connect fails its work without a request. Short:
 # a registry back from a restart is used again soon, and a failed ping costs milliseconds.
 UNREACHABLE_FOR = 10.0
+# Tags of the referrers tag schema: `<algorithm>-<hex>`, with cosign's suffixes after it.
+SCHEMA_TAG_PREFIXES = ("sha256-", "sha512-")
 PAGE_PROGRESS_EVERY = 1.0  # seconds between two lines of a long tag list's progress
 # Tries of a schema1 manifest PUT (see `put_manifest`).
 SCHEMA1_ATTEMPTS = 2
@@ -220,6 +224,26 @@ class _Adapter(HTTPAdapter):
         super().init_poolmanager(*args, blocksize=self.blocksize, **kwargs)
 
 
+@dataclass
+class TagListing:
+    """A repository's tags as last listed, with those this client pushed since: the names,
+    and apart the few of the referrers tag schema, so that no copy scans the whole list."""
+
+    when: float  # time.monotonic() of the listing
+    names: set[str]
+    schema_tags: list[str]
+
+    @classmethod
+    def of(cls, when: float, tags: list[str]) -> TagListing:
+        return cls(when, set(tags), [tag for tag in tags if tag.startswith(SCHEMA_TAG_PREFIXES)])
+
+    def add(self, tag: str) -> None:
+        if tag not in self.names:
+            self.names.add(tag)
+            if tag.startswith(SCHEMA_TAG_PREFIXES):
+                self.schema_tags.append(tag)
+
+
 class RegistryClient:
     """Speaks the v2 API to one registry with one set of credentials. Thread safe."""
 
@@ -259,7 +283,7 @@ class RegistryClient:
         # Set by the first answer that was not a 401 to a request with credentials: a later
         # 401 then says "not allowed", not "wrong password".
         self._credentials_accepted = False
-        self._tags: dict[str, tuple[float, list[str]]] = {}
+        self._tags: dict[str, TagListing] = {}  # repository → its last listing
         self.referrers_api: bool | None = None  # learnt on the first referrers request
         self._tags_lock = threading.Lock()
         self._listing: dict[str, threading.RLock] = {}  # one tag listing per repository at once
@@ -738,51 +762,66 @@ class RegistryClient:
 
     # -- the API ----------------------------------------------------------------------------
 
-    def list_tags(self, repository: str, *, max_age: float = 0.0) -> list[str]:
-        """All tags, following `Link: <...>; rel="next"` pages (`?n=` asks for big pages).
-
-        Every listing is remembered; a caller that can live with a list up to `max_age`
-        seconds old (looking for an image's referrers right after its rule was expanded) gets
-        it without a request. Expanding a rule always reads afresh.
-        """
-        if not max_age:
-            return self._list_now(repository)
-        with self._listing_lock(repository):  # one listing for the copies that ask at once
-            with self._tags_lock:
-                cached = self._tags.get(repository)
-            if cached and time.monotonic() - cached[0] < max_age:
-                return list(cached[1])
-            return self._list_now(repository)
-
-    def _list_now(self, repository: str) -> list[str]:
+    def list_tags(self, repository: str) -> list[str]:
+        """All tags, following `Link: <...>; rel="next"` pages (`?n=` asks for big pages),
+        read afresh (expanding a rule), and remembered for `known_tags`/`referrer_tags`."""
         now = time.monotonic()
         tags = self._list_tags(repository)
-        self._remember_listing(repository, now, tags)
-        return list(tags)
+        self._remember_listing(repository, TagListing.of(now, tags))
+        return tags
 
-    def _remember_listing(self, repository: str, when: float, tags: list[str]) -> None:
+    def _recent_listing(self, repository: str, max_age: float) -> TagListing:
+        """The repository's listing if at most `max_age` seconds old, else a new one: read
+        once for the copies that ask at the same time."""
+        with self._listing_lock(repository):
+            with self._tags_lock:
+                cached = self._tags.get(repository)
+            if cached is not None and time.monotonic() - cached.when < max_age:
+                return cached
+            self.list_tags(repository)
+            with self._tags_lock:
+                return self._tags[repository]
+
+    def _remember_listing(self, repository: str, listing: TagListing) -> None:
         with self._tags_lock:
-            self._tags[repository] = (when, tags)
-            if tags:
+            # Oldest first: the listings no caller may use any more (older than any
+            # `max_age` asked, `tag_list_ttl`) go, so a 20 000-tag run keeps a few of them.
+            self._tags.pop(repository, None)
+            self._tags[repository] = listing
+            horizon = listing.when - self.settings.tag_list_ttl
+            while True:  # ends at the listing just kept, at the latest
+                oldest = next(iter(self._tags))
+                if self._tags[oldest].when >= horizon:
+                    break
+                del self._tags[oldest]
+            if listing.names:
                 self._listed_empty.pop(repository, None)
             else:
-                self._listed_empty[repository] = when
+                self._listed_empty[repository] = listing.when
 
-    def known_tags(self, repository: str, *, max_age: float) -> frozenset[str] | None:
-        """The repository's tags from a listing at most `max_age` seconds old, read once per
-        repository however many copies ask at the same time; a repository that does not
-        exist yet has none. None where the registry will not list them (ask per tag then)."""
+    def referrer_tags(self, repository: str, *, max_age: float) -> list[str]:
+        """The tags of the referrers tag schema (`sha256-<hex>`, and cosign's `.sig`, `.att`,
+        `.sbom` after it) from a listing at most `max_age` seconds old: each image's lookup
+        reads these few, not a 5 000-tag list."""
+        return list(self._recent_listing(repository, max_age).schema_tags)
+
+    def known_tags(self, repository: str, *, max_age: float) -> AbstractSet[str] | None:
+        """The repository's tags from a listing at most `max_age` seconds old (with those this
+        client pushed since), read once per repository however many copies ask at the same
+        time; a repository that does not exist yet has none. None where the registry will not
+        list them (ask per tag then). Read it, never change it."""
         with self._listing_lock(repository):  # held until the absence is remembered too
             try:
-                return frozenset(self.list_tags(repository, max_age=max_age))
+                return self._recent_listing(repository, max_age).names
             except (RegistryError, AuthError) as exc:
                 if isinstance(exc, RetryableError | RegistryUnreachable):
                     raise
                 if getattr(exc, "status", None) != 404:
                     return None  # not allowed to list, say: a HEAD per tag it is
             # Remember the absence too, or each copy would ask again.
-            self._remember_listing(repository, time.monotonic(), [])
-            return frozenset()
+            listing = TagListing.of(time.monotonic(), [])
+            self._remember_listing(repository, listing)
+            return listing.names
 
     def _listing_lock(self, repository: str) -> threading.RLock:
         with self._tags_lock:
@@ -924,8 +963,8 @@ class RegistryClient:
         if ":" not in reference:  # a tag: a listing remembered from before now lacks it
             with self._tags_lock:
                 cached = self._tags.get(repository)
-                if cached is not None and reference not in cached[1]:
-                    self._tags[repository] = (cached[0], [*cached[1], reference])
+                if cached is not None:
+                    cached.add(reference)
         return response.headers.get("Docker-Content-Digest") or manifest.digest
 
     def _manifest_refused(self, exc: RegistryError, repository: str, reference: str,

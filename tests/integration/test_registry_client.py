@@ -105,9 +105,12 @@ def test_a_long_tag_list_shows_its_progress_while_it_is_read(source_registry,
 
 
 def test_copies_asking_for_a_recent_tag_list_at_once_share_one_listing(source_registry):
-    """The referrers' lookup asks for a tag list up to `tag_list_ttl` old from every copy:
-    when it has expired, the copies that ask together wait for one listing."""
+    """Every copy asks for a tag list up to `tag_list_ttl` old (the target's, to skip a HEAD;
+    the source's, for the referrers tag schema): when it has expired, the copies that ask
+    together wait for one listing; each reads only the schema's tags of it."""
     push_image(source_registry, "ns/shared", "1", layers=[make_layer(1024, 3)])
+    push_image(source_registry, "ns/shared", "sha256-" + "a" * 64 + ".sig",
+               layers=[make_layer(512, 4)])
     pages: list[int] = []
     listing = paged_tag_lists(source_registry.url, pages)
 
@@ -120,12 +123,30 @@ def test_copies_asking_for_a_recent_tag_list_at_once_share_one_listing(source_re
     front = Front(source_registry.url, slowly)
     try:
         client = RegistryClient(front.host, RegistryAuth(insecure=True), Settings())
+        schema_tag = "sha256-" + "a" * 64 + ".sig"
         with ThreadPoolExecutor(8) as pool:
-            found = list(pool.map(lambda _: client.list_tags("ns/shared", max_age=60), range(8)))
-        assert found == [["1"]] * 8 and len(pages) == 1
-        assert client.list_tags("ns/shared") == ["1"] and len(pages) == 2  # always afresh
+            found = list(pool.map(lambda _: client.known_tags("ns/shared", max_age=60),
+                                  range(8)))
+        assert found == [{"1", schema_tag}] * 8 and len(pages) == 1
+        assert client.referrer_tags("ns/shared", max_age=60) == [schema_tag]
+        assert len(pages) == 1
+        assert sorted(client.list_tags("ns/shared")) == sorted(["1", schema_tag])
+        assert len(pages) == 2  # expanding a rule reads afresh
     finally:
         front.close()
+
+
+def test_listings_too_old_to_use_are_not_kept(source_registry):
+    """A run over thousands of repositories keeps the tag lists it may still use (younger
+    than `tag_list_ttl`), not one per repository it ever listed."""
+    for name in ("old", "new"):
+        push_image(source_registry, f"ns/{name}", "1", layers=[make_layer(256, 5)])
+    client = RegistryClient(source_registry.host, RegistryAuth(insecure=True),
+                            Settings(tag_list_ttl=0.3))
+    assert client.known_tags("ns/old", max_age=0.3) == {"1"}
+    time.sleep(0.4)
+    assert client.referrer_tags("ns/new", max_age=0.3) == []
+    assert list(client._tags) == ["ns/new"]
 
 
 def test_missing_things_say_what_is_missing(source_registry):
