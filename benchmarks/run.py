@@ -135,6 +135,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def commit_label() -> str:
+    """The checkout's commit, marked when `migrator/` or `workers/` differ from it."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "migrator",
+                            "workers"], capture_output=True, text=True).stdout.strip()
+    return commit + ("+uncommitted changes" if dirty else "")
+
+
 def check_prerequisites(tools: list[str], redis_db: int | None) -> None:
     """Fail early, saying what to install, rather than half-way through a long run."""
     from tests.support.registry import registry_binary
@@ -201,6 +210,7 @@ class Benchmark:
                     "50 ms", f"{args.wan_rtt * 1000:g} ms").replace(
                     "25 ms each way", f"{args.wan_rtt * 500:g} ms each way"))
         self.code, self.code_sha = snapshot_code(work / "code")
+        self.commit = commit_label()  # of the code copied, not of the tree at the end
         self.tools = make_tools(args, work)
         for tool in self.tools:
             tool.code = self.code
@@ -248,10 +258,6 @@ class Benchmark:
         self.args.out.write_text(json.dumps(self.result(complete=False), indent=1) + "\n")
 
     def meta(self, started: dt.datetime) -> dict[str, Any]:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "migrator",
-                                "workers"], capture_output=True, text=True).stdout.strip()
         registry = subprocess.run(["docker-registry", "--version"], capture_output=True,
                                   text=True).stdout.split()[-1:] or ["?"]
         skopeo = next((t for t in self.tools if isinstance(t, Skopeo)), None)
@@ -262,7 +268,7 @@ class Benchmark:
                        f"{platform.release()}",
             "python": platform.python_version(),
             "migrator": _version(self.code),
-            "commit": commit + ("+uncommitted changes" if dirty else ""),
+            "commit": self.commit,
             "code_sha256": self.code_sha,
             "registry": registry[0],
             "skopeo": skopeo_version() if skopeo else None,
