@@ -7,6 +7,7 @@ errors every command ends with. Flags and output follow image-syncer / image-mig
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
@@ -27,6 +28,9 @@ from migrator.errors import ConfigError
 _MODULES = {"sync": "sync", "plan": "sync", "verify": "sync", "check": "sync",
             "enqueue": "fleet", "status": "fleet", "cancel": "fleet",
             "config": "config", "dashboard": "dashboard"}
+# Each module's function that adds its commands to the parser.
+_REGISTER = {"sync": "add_parsers", "fleet": "add_parsers", "config": "add_config_parser",
+             "dashboard": "add_dashboard_parser"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -38,25 +42,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"migrator {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    wanted = [_MODULES[command]] if command in _MODULES else ["sync", "fleet", "config",
-                                                              "dashboard"]
-    for module in wanted:
-        if module == "sync":
-            from migrator.commands import sync
-
-            sync.add_parsers(commands)
-        elif module == "fleet":
-            from migrator.commands import fleet
-
-            fleet.add_parsers(commands)
-        elif module == "config":
-            from migrator.commands import config
-
-            config.add_config_parser(commands)
-        else:
-            from migrator.commands import dashboard  # its page and server load when it runs
-
-            dashboard.add_dashboard_parser(commands)
+    for module in [_MODULES[command]] if command in _MODULES else _REGISTER:
+        register = getattr(importlib.import_module(f"migrator.commands.{module}"),
+                           _REGISTER[module])
+        register(commands)
     return parser
 
 

@@ -26,9 +26,10 @@ def client_for(registry, **settings) -> RegistryClient:
     return RegistryClient(registry.host, credentials, Settings(**settings))
 
 
-def paged_tag_lists(upstream: str, counter: list[int]):
+def paged_tag_lists(upstream: str, counter: list[int], delay: float = 0.0):
     """Answers tag-list requests in pages with `Link` headers, as the OCI spec and
-    Distribution 3 do (Distribution 2.8, the registry here, ignores `?n=`)."""
+    Distribution 3 do (Distribution 2.8, the registry here, ignores `?n=`); each page after
+    `delay` seconds."""
 
     def answer(method: str, path: str):
         url = urlsplit(path)
@@ -42,6 +43,7 @@ def paged_tag_lists(upstream: str, counter: list[int]):
         if page and page[-1] != tags[-1]:
             headers["Link"] = f'<{url.path}?n={size}&last={page[-1]}>; rel="next"'
         counter.append(1)
+        time.sleep(delay)
         return 200, headers, json.dumps({"name": "x", "tags": page}).encode()
 
     return answer
@@ -76,15 +78,7 @@ def test_a_long_tag_list_shows_its_progress_while_it_is_read(source_registry,
     for tag in tags:
         push_image(source_registry, "ns/slow", tag, layers=layer)
     pages: list[int] = []
-    listing = paged_tag_lists(source_registry.url, pages)
-
-    def slowly(method: str, path: str):
-        answer = listing(method, path)
-        if answer is not None:
-            time.sleep(0.4)
-        return answer
-
-    front = Front(source_registry.url, slowly)
+    front = Front(source_registry.url, paged_tag_lists(source_registry.url, pages, delay=0.4))
     try:
         images, auth = tmp_path / "images.json", tmp_path / "auth.json"
         images.write_text(json.dumps({f"{front.host}/ns/slow": f"{target_registry.host}/c/slow"}))
@@ -112,15 +106,7 @@ def test_copies_asking_for_a_recent_tag_list_at_once_share_one_listing(source_re
     push_image(source_registry, "ns/shared", "sha256-" + "a" * 64 + ".sig",
                layers=[make_layer(512, 4)])
     pages: list[int] = []
-    listing = paged_tag_lists(source_registry.url, pages)
-
-    def slowly(method: str, path: str):
-        answer = listing(method, path)
-        if answer is not None:
-            time.sleep(0.3)
-        return answer
-
-    front = Front(source_registry.url, slowly)
+    front = Front(source_registry.url, paged_tag_lists(source_registry.url, pages, delay=0.3))
     try:
         client = RegistryClient(front.host, RegistryAuth(insecure=True), Settings())
         schema_tag = "sha256-" + "a" * 64 + ".sig"
