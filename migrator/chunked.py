@@ -34,8 +34,9 @@ from migrator.errors import (
     UploadChunkRefused,
 )
 from migrator.ledger import Ledger
-from migrator.registry.client import RegistryClient, retrying
+from migrator.registry.client import RegistryClient
 from migrator.registry.manifest import Descriptor
+from migrator.registry.retry import retrying
 from migrator.registry.stream import Pace, read_block
 from migrator.registry.upload import UploadSession
 from migrator.settings import Settings

@@ -50,8 +50,8 @@ class Reporter(Protocol):
 
 
 class Ended(NamedTuple):
-    """What the command reports of an image that ended well: kept for every tag of a run, so
-    a few words rather than its whole `CopyResult` (digests, counters, a lock)."""
+    """What the command reports of an image that ended well: a few words rather than its whole
+    `CopyResult` (digests, counters, a lock), as a run may keep one for each of its tags."""
 
     job: Job
     outcome: str  # "copied", "up-to-date", "planned" or "skipped"
@@ -61,7 +61,10 @@ class Ended(NamedTuple):
 @dataclass
 class Summary:
     images: int = 0
-    results: list[Ended] = field(default_factory=list)  # copied, up to date or planned
+    ended_well: int = 0  # copied, up to date or planned
+    # Those of `ended_well` kept: all of them when the runner keeps each (reports and plans
+    # list them), else only those with a note.
+    results: list[Ended] = field(default_factory=list)
     # Left out by the platform filter: neither failed nor retried, and kept apart from
     # `results` because image-syncer does not list them among the images it synced.
     skipped: list[Ended] = field(default_factory=list)
@@ -132,8 +135,11 @@ class EmbeddedRunner:
         workers: int = 7,
         retries: int = 3,
         options: CopyOptions = CopyOptions(),  # noqa: B008 - frozen, shared safely
+        keep_each: bool = True,
     ) -> None:
-        """`options` apply to every copy (a rule's own platforms and immutable tags win)."""
+        """`options` apply to every copy (a rule's own platforms and immutable tags win).
+        Without `keep_each`, an image that ended well without a note is only counted: a
+        20 000-tag run that writes no report keeps 1.5 MiB less."""
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
         self.clients = Clients(auth, ClientPool(settings))
@@ -143,6 +149,7 @@ class EmbeddedRunner:
         self.workers = max(1, workers)
         self.retries = max(0, retries)
         self.options = options
+        self.keep_each = keep_each
         self._image_pool: DrainablePool | None = None
 
     def interrupt(self) -> int:
@@ -229,7 +236,12 @@ class EmbeddedRunner:
                 summary.failed.pop(job, None)
                 assert result is not None
                 ended = Ended(result.job, result.outcome, result.note)
-                (summary.skipped if result.outcome == "skipped" else summary.results).append(ended)
+                if result.outcome == "skipped":
+                    summary.skipped.append(ended)
+                else:
+                    summary.ended_well += 1
+                    if self.keep_each or result.note:
+                        summary.results.append(ended)
                 if result.outcome == "planned":
                     summary.planned.append(result)
             elif isinstance(error, Interrupted):

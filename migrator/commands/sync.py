@@ -122,7 +122,9 @@ def run_sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                           referrers=args.referrers, immutable_tags=args.immutable_tags,
                           force=args.force, foreign_layers=args.foreign_layers)
     runner = EmbeddedRunner(auth=auth, ledger=ledger, settings=settings, reporter=reporter,
-                            workers=args.workers, retries=args.retries, options=options)
+                            workers=args.workers, retries=args.retries, options=options,
+                            keep_each=bool(args.dry_run or args.output_success
+                                           or args.output_success_images))
     try:
         with drained_on_interrupt(runner, reporter):
             summary = runner.run(rules)

@@ -24,8 +24,9 @@ from migrator.errors import (
     UploadChunkRefused,
 )
 from migrator.ledger import Ledger
-from migrator.registry.client import RegistryClient, retrying
+from migrator.registry.client import RegistryClient
 from migrator.registry.manifest import Descriptor
+from migrator.registry.retry import retrying
 from migrator.registry.stream import VerifyingReader
 from migrator.settings import Settings
 

@@ -25,14 +25,6 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.wait import wait_base
 
 from migrator import __version__
 from migrator.errors import (
@@ -73,6 +65,7 @@ from migrator.registry.manifest import (
     parse_descriptors,
     parse_manifest,
 )
+from migrator.registry.retry import retrying
 from migrator.registry.stream import preload, read_capped
 from migrator.registry.upload import UploadPolicy, UploadSession
 from migrator.settings import Settings
@@ -164,38 +157,6 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-class wait_retry_after(wait_base):
-    """Exponential backoff with jitter, replaced by the server's Retry-After when it sent one."""
-
-    def __init__(self, initial: float, maximum: float, retry_after_max: float) -> None:
-        self.exponential = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-        self.retry_after_max = retry_after_max
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, RetryableStatus) and exc.retry_after is not None:
-            return min(exc.retry_after, self.retry_after_max)
-        return self.exponential(retry_state)
-
-
-def retrying(settings: Settings, attempts: int) -> Retrying:
-    """Retry only the retryable branch of the error tree, with backoff."""
-    return Retrying(
-        retry=retry_if_exception_type(RetryableError),
-        stop=stop_after_attempt(attempts),
-        wait=wait_retry_after(settings.backoff_initial, settings.backoff_max,
-                              settings.retry_after_max),
-        before_sleep=_log_retry,
-        reraise=True,
-    )
-
-
-def _log_retry(state: RetryCallState) -> None:
-    # tenacity calls `before_sleep` only after an attempt ended, so its outcome is set.
-    assert state.outcome is not None
-    log.debug("retrying after %s (attempt %d)", state.outcome.exception(), state.attempt_number)
 
 
 def _oci_error(response: requests.Response) -> tuple[str, str]:

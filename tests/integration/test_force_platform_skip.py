@@ -50,14 +50,14 @@ def rules_of(images: dict) -> list:
 
 
 def runner(registries, ledger, *, trust_ledger: bool | None = None, retries: int = 3,
-           **options) -> tuple[EmbeddedRunner, ConsoleReporter]:
+           keep_each: bool = True, **options) -> tuple[EmbeddedRunner, ConsoleReporter]:
     settings = load_settings({"MIGRATOR_RETRY_PASS_DELAY": "0"})
     if trust_ledger is not None:
         settings = settings.model_copy(update={"trust_ledger": trust_ledger})
     reporter = ConsoleReporter(io.StringIO(), live=False)
     return EmbeddedRunner(auth=auth_of(*registries), ledger=ledger, settings=settings,
                           reporter=reporter, workers=2, retries=retries,
-                          options=CopyOptions(**options)), reporter
+                          options=CopyOptions(**options), keep_each=keep_each), reporter
 
 
 def push_config_image(registry, repository: str, tag: str, config: bytes, config_type: str,
@@ -145,6 +145,30 @@ def test_a_single_platform_image_outside_the_filter_is_skipped_not_failed(
         assert {name for name, outcome in by_repository(summary).items()
                 if outcome == "skipped"} == skipped
         assert all(r.note.startswith("skipped: platform ") for r in summary.skipped)
+
+
+def test_a_run_that_lists_no_image_counts_them_and_keeps_only_the_notes(
+        source_registry, target_registry):
+    """`sync` without a report file keeps no word of an image that ended well without a note
+    (a 20 000-tag run's memory): counted, not listed; the notes are still printed."""
+    for name, seed in (("a", 20), ("b", 21)):
+        push_image(source_registry, f"ns/{name}", "1", layers=layers(seed))
+    push_index(source_registry, "ns/multi", "1", media="oci", platforms=[
+        ("linux", "amd64", layers(22)), ("linux", "arm64", layers(23))])
+    push_image(source_registry, "ns/arm", "1", layers=layers(24), arch="arm64")
+    images = {f"{source_registry.host}/ns/{name}:1": f"{target_registry.host}/t/{name}"
+              for name in ("a", "b", "multi", "arm")}
+    engine, reporter = runner((source_registry, target_registry), MemoryLedger(),
+                              keep_each=False, platforms=frozenset({"linux/amd64"}))
+    summary = engine.run(rules_of(images))
+
+    assert summary.ok and summary.line() == SUMMARY.format(4)
+    assert summary.ended_well == 3 and reporter.done == 4
+    assert [(r.job.target.repository, r.outcome) for r in summary.results] == [
+        ("t/multi", "copied")]
+    assert summary.results[0].note.startswith("index filtered to linux/amd64: its digest ")
+    assert [r.job.target.repository for r in summary.skipped] == ["t/arm"]
+    assert list_tags(target_registry, "t/b") == ["1"]
 
 
 def test_a_dry_run_reports_the_skipped_image_as_skipped(source_registry, target_registry):

@@ -5,6 +5,8 @@ and the library never reaches up into the command line."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +100,18 @@ def test_the_reader_sees_every_kind_of_import() -> None:
     names = set(imports(ROOT / "migrator" / "registry" / "auth.py", source))
     assert names == {"requests", "migrator.registry.stream", "migrator.errors", "migrator",
                      "migrator.cli", "migrator.commands"}
+
+
+def test_sync_loads_no_library_of_another_command_before_its_first_request() -> None:
+    """What `migrator sync` imports before its first request is its start-up time: the fleet's
+    Celery, the Kubernetes client of `config` and the retry loop's tenacity (asyncio with it),
+    loaded only after a first failure, stay out."""
+    program = ("import sys\n"
+               "from migrator.commands.main import build_parser\n"
+               "build_parser()\n"
+               "import migrator.commands.sync, migrator.runner, migrator.copy\n"
+               "print(' '.join(sorted(sys.modules)))\n")
+    loaded = set(subprocess.run([sys.executable, "-c", program], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout.split())
+    assert "migrator.registry.client" in loaded and "requests" in loaded
+    assert loaded & {"celery", "kombu", "redis", "kubernetes", "tenacity", "asyncio"} == set()
