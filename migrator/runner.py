@@ -61,9 +61,8 @@ class Ended(NamedTuple):
 @dataclass
 class Summary:
     images: int = 0
-    ended_well: int = 0  # copied, up to date or planned
-    # Those of `ended_well` kept: all of them when the runner keeps each (reports and plans
-    # list them), else only those with a note.
+    # Copied, up to date or planned: each of them when the runner keeps each (reports and
+    # plans list them), else only those with a note (the progress display counts the others).
     results: list[Ended] = field(default_factory=list)
     # Left out by the platform filter: neither failed nor retried, and kept apart from
     # `results` because image-syncer does not list them among the images it synced.
@@ -138,8 +137,8 @@ class EmbeddedRunner:
         keep_each: bool = True,
     ) -> None:
         """`options` apply to every copy (a rule's own platforms and immutable tags win).
-        Without `keep_each`, an image that ended well without a note is only counted: a
-        20 000-tag run that writes no report keeps 1.5 MiB less."""
+        Without `keep_each`, an image that ended well without a note is not kept in the
+        summary: a 20 000-tag run that writes no report keeps 1.5 MiB less."""
         if settings.trust_ledger is None:  # a local record may be stale: the registry decides
             settings = settings.model_copy(update={"trust_ledger": False})
         self.clients = Clients(auth, ClientPool(settings))
@@ -238,10 +237,8 @@ class EmbeddedRunner:
                 ended = Ended(result.job, result.outcome, result.note)
                 if result.outcome == "skipped":
                     summary.skipped.append(ended)
-                else:
-                    summary.ended_well += 1
-                    if self.keep_each or result.note:
-                        summary.results.append(ended)
+                elif self.keep_each or result.note:
+                    summary.results.append(ended)
                 if result.outcome == "planned":
                     summary.planned.append(result)
             elif isinstance(error, Interrupted):

@@ -76,3 +76,26 @@ def test_a_block_that_returns_nothing_ends_the_loop_after_its_success():
             if len(calls) == 1:
                 raise TransportError("reset")
     assert len(calls) == 2
+
+
+def test_the_wait_is_the_servers_retry_after_capped_else_a_jittered_backoff():
+    from tenacity import RetryCallState
+
+    from migrator.registry.retry import _tenacity_loop
+
+    settings = load_settings({"MIGRATOR_BACKOFF_INITIAL": "2", "MIGRATOR_BACKOFF_MAX": "30",
+                              "MIGRATOR_RETRY_AFTER_MAX": "60"})
+    loop = _tenacity_loop(settings, 5)
+
+    def wait_after(error: BaseException, attempt: int) -> float:
+        state = RetryCallState(loop, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        state.set_exception((type(error), error, None))
+        return loop.wait(state)
+
+    assert wait_after(RetryableStatus("503", retry_after=7.0), 1) == 7.0
+    assert wait_after(RetryableStatus("429", retry_after=3600.0), 1) == 60.0  # capped
+    first = [wait_after(TransportError("reset"), 1) for _ in range(20)]
+    third = [wait_after(RetryableStatus("503"), 3) for _ in range(20)]
+    assert all(2 <= w <= 4 for w in first) and len(set(first)) > 1  # 2 s, plus up to 2 of jitter
+    assert all(8 <= w <= 10 for w in third)
